@@ -1,0 +1,1 @@
+"""Thin command-line shells: parse, call the libraries, print. No logic lives here."""

@@ -1,0 +1,26 @@
+"""The ``anomalygen`` command: render synthetic lesions into stores, preview, inspect, verify."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.common import run_app
+
+app = typer.Typer(
+    name="anomalygen",
+    help="Fundus-consistent synthetic lesions (ReSynthDetect's anomaly generator), rendered into "
+    "sharded Zarr stores.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# Each command's parsing lives in its own module; registration order is the order in --help.
+
+
+def main() -> None:
+    run_app(app, "anomalygen")
+
+
+if __name__ == "__main__":
+    main()

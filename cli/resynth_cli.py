@@ -1,0 +1,25 @@
+"""The ``resynth`` command: train ReSynthDetect from a store, evaluate, predict anomaly maps."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.common import run_app
+
+app = typer.Typer(
+    name="resynth",
+    help="Train and run ReSynthDetect (reconstruction features + localisation network).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# Each command's parsing lives in its own module; registration order is the order in --help.
+
+
+def main() -> None:
+    run_app(app, "resynth")
+
+
+if __name__ == "__main__":
+    main()

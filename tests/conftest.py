@@ -1,0 +1,40 @@
+"""Shared fixtures: the real photographs in ../shared/data (skipped where absent) and tiny
+synthetic fundus images for fast tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.synthetic import make_fundus
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the project; tests that use it skip where it is absent."""
+    if not (SHARED_DATA / "README.md").is_file():
+        pytest.skip(f"real fundus photographs not found at {SHARED_DATA} (fresh clones lack them)")
+    return SHARED_DATA
+
+
+@pytest.fixture()
+def fundus_128() -> np.ndarray:
+    """A 128x128 synthetic fundus photograph (RGB uint8) with a full circular field of view."""
+    return make_fundus(128, seed=0)
+
+
+@pytest.fixture()
+def fundus_folder(tmp_path: Path) -> Path:
+    """A folder of six small synthetic fundus PNGs of different sizes and field-of-view shapes."""
+    from PIL import Image
+
+    folder = tmp_path / "normals"
+    folder.mkdir()
+    for k in range(6):
+        rgb = make_fundus(96 + 16 * k, seed=k, cut=(k % 3 == 2), width_ratio=1.0 + 0.25 * (k % 2))
+        Image.fromarray(rgb).save(folder / f"normal_{k:02d}.png")
+    return folder

@@ -1,0 +1,41 @@
+"""Synthetic fundus-like photographs for tests: a reddish disc with a darker rim, an optic disc and
+a few vessels on a dark, slightly noisy background. Not realistic, but with the structure that
+field-of-view detection and the generator depend on."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def make_fundus(
+    size: int, seed: int = 0, *, cut: bool = False, width_ratio: float = 1.0
+) -> np.ndarray:
+    """An RGB uint8 image of height ``size`` and width ``round(size * width_ratio)``.
+
+    ``cut`` clips the circle at top and bottom as in HRF photographs.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size, round(size * width_ratio)
+    img = rng.integers(0, 6, size=(h, w, 3), dtype=np.uint8)  # sensor noise on the black border
+    cy, cx = h / 2, w / 2
+    radius = 0.46 * (size * (1.25 if cut else 1.0))
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot(yy - cy, xx - cx) / radius
+    inside = r <= 1.0
+    shade = np.clip(1.0 - 0.35 * r**2, 0, 1)  # vignetting towards the rim
+    base = np.array([190, 90, 40], dtype=np.float64) * rng.uniform(0.85, 1.1)
+    disc = (shade[..., None] * base[None, None, :]).clip(0, 255)
+    img[inside] = disc[inside].astype(np.uint8)
+    od = (int(cx + 0.45 * radius), int(cy))
+    cv2.circle(img, od, max(2, int(0.14 * radius)), (250, 210, 150), -1)  # optic disc
+    for k in range(4):  # vessels leaving the optic disc
+        angle = rng.uniform(0, 2 * np.pi) + k * np.pi / 2
+        end = (int(od[0] + np.cos(angle) * radius), int(od[1] + np.sin(angle) * radius))
+        cv2.line(img, od, end, (120, 30, 20), max(1, size // 96))
+    img[~inside] = rng.integers(0, 6, size=(int((~inside).sum()), 3), dtype=np.uint8)
+    if cut:
+        band = int(h * 0.04)
+        img[:band] = 0
+        img[h - band :] = 0
+    return img
