@@ -1,0 +1,233 @@
+"""2-D Perlin noise P_n and the thresholded lesion mask P (paper section 3.3).
+
+The paper makes the lesion shape by thresholding Perlin noise of the crop's size; it gives no
+parameters, so the defaults follow DRAEM (Zavrtanik et al., 2021): per-axis periods 2**0..2**5
+across the noise, threshold 0.5, the noise rotated by a random angle.
+
+Reproducibility: every random choice is an integer draw from the caller's
+``numpy.random.Generator`` (gradient directions, scales, orientation) and the noise itself uses
+only +, -, *, floor and table look-ups on float64, which IEEE 754 rounds identically everywhere.
+Gradient and rotation directions come from fixed tables of literal constants, never from libm
+``sin``/``cos`` of random angles, so a mask is bit-identical across platforms for the same draws.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from anomalygen.errors import ConfigError
+
+# cos and sin of 22.5 and 45 degrees, written out so that no libm call is involved.
+_C22 = 0.9238795325112867
+_S22 = 0.3826834323650898
+_R45 = 0.7071067811865476
+_SQRT2 = 1.4142135623730951
+
+# Unit vectors every 22.5 degrees (k = 0..15): the lattice gradients (Perlin's "improved noise"
+# also picks gradients from a small fixed set; 16 directions look isotropic at lesion scale).
+_FIRST_QUADRANT = ((1.0, 0.0), (_C22, _S22), (_R45, _R45), (_S22, _C22))
+_DIRECTIONS = np.array(
+    [
+        (c * a - s * b, s * a + c * b)
+        for c, s in ((1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0))  # exact quarter turns
+        for a, b in _FIRST_QUADRANT
+    ],
+    dtype=np.float64,
+)
+GRADIENTS = _DIRECTIONS  # (16, 2) as (dy, dx); index k is the direction k * 22.5 degrees
+ROTATIONS = _DIRECTIONS[:8]  # (cos, sin) of k * 22.5 degrees, k = 0..7: half a turn
+# float32 gradient components, pre-scaled by sqrt(2) (DRAEM's output scale; the noise is linear
+# in the gradients, so scaling them scales P_n).
+_GY = (GRADIENTS[:, 0] * _SQRT2).astype(np.float32)
+_GX = (GRADIENTS[:, 1] * _SQRT2).astype(np.float32)
+
+
+def _fade(t: np.ndarray) -> np.ndarray:
+    """Perlin's quintic fade 6t^5 - 15t^4 + 10t^3 (zero first and second derivative at 0, 1)."""
+    return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _axis(n: int, period: float) -> tuple[np.ndarray, ...]:
+    """Per-axis lattice data for n pixel centres at (k + 0.5) / period, k = 0..n-1: cell index i,
+    offsets (f, f - 1) and fade weight t. Cached (crop sides and periods repeat), read-only."""
+    u = (np.arange(n, dtype=np.float64) + 0.5) / period
+    i = np.floor(u).astype(np.intp)
+    f = (u - i).astype(np.float32)
+    out = (i, np.concatenate([i, i + 1]), f, np.concatenate([f, f - 1.0]), f - 1.0, _fade(f))
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
+def _grid_noise(
+    h: int, w: int, period_y: float, period_x: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Axis-aligned Perlin noise on an (h, w) pixel grid, pixel centres at lattice coordinate
+    ((y + 0.5) / period_y, (x + 0.5) / period_x); float32, scaled by sqrt(2).
+
+    Separable evaluation: with fade weights A_0 = 1 - t_u, A_1 = t_u along y and B_0, B_1 along x,
+
+        P_n = sum_a A_a * [ (f_u - a) * My[i_u + a] + Mx[i_u + a] ],
+        My[r, x] = sum_b B_b * g_y[r, i_v + b],  Mx[r, x] = sum_b B_b * (f_v - b) * g_x[r, i_v + b],
+
+    which is the usual four-corner formula regrouped: My and Mx are (lattice rows, w), so only
+    about ten operations touch all h * w pixels.
+    """
+    iu, _, fu, _, fu1, tu = _axis(h, period_y)
+    iv, iv01, _, fv01, _, tv = _axis(w, period_x)
+    fu, fu1, tu = fu[:, None], fu1[:, None], tu[:, None]
+
+    shape = (int(iu[-1]) + 2, int(iv[-1]) + 2)
+    lattice = (rng.random(shape) * len(GRADIENTS)).astype(np.intp)  # uniform 0..15
+    corners = lattice[:, iv01]  # (rows, 2w): gradient indices at i_v, then at i_v + 1
+    gy = _GY[corners]
+    gx = _GX[corners] * fv01
+    M = np.empty((gy.shape[0], 2 * w), dtype=np.float32)  # [My | Mx]
+    np.subtract(gy[:, w:], gy[:, :w], out=M[:, :w])
+    M[:, :w] *= tv
+    M[:, :w] += gy[:, :w]
+    np.subtract(gx[:, w:], gx[:, :w], out=M[:, w:])
+    M[:, w:] *= tv
+    M[:, w:] += gx[:, :w]
+
+    rows0 = M[iu]  # a = 0: the lattice row above each pixel, (h, 2w)
+    rows1 = M[iu + 1]  # a = 1: the row below
+    n0 = rows0[:, :w] * fu
+    n0 += rows0[:, w:]
+    n1 = rows1[:, :w] * fu1
+    n1 += rows1[:, w:]
+    n1 -= n0
+    n1 *= tu
+    n0 += n1
+    return n0
+
+
+def perlin_noise(
+    shape: tuple[int, int],
+    res: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    rotation: int = 0,
+) -> np.ndarray:
+    """Perlin noise P_n of ``shape`` (H, W) with ``res`` = (periods along y, periods along x).
+
+    Any shape works (no divisibility needed): the centre of pixel (y, x) sits at lattice
+    coordinate ((y + 0.5) * res_y / H, (x + 0.5) * res_x / W), so the pattern spans exactly
+    res periods per axis (DRAEM's ``rand_perlin_2d_np`` samples pixel corners and needs H to be
+    a multiple of res_y). Gradients come from :data:`GRADIENTS`, one uniform index per lattice
+    point, drawn as floor(16 * u) from one ``rng.random`` call (cheaper than
+    ``rng.integers``; exact: u has 53 random bits and 16 is a power of two).
+
+    ``rotation`` k in 0..7 turns the pattern by k * 22.5 degrees about the centre: the
+    axis-aligned pattern (same periods in pixels) is made on the turned crop's bounding box and
+    each pixel takes the value at its turned position, rounded to the nearest grid pixel (half a
+    pixel of error at most, invisible with periods of 8 px or more).
+
+    Returns float32, scaled by sqrt(2) as DRAEM does, so values lie in about [-1, 1].
+    """
+    h, w = int(shape[0]), int(shape[1])
+    ry, rx = int(res[0]), int(res[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"perlin_noise: shape must be positive, got {shape}")
+    if ry < 1 or rx < 1:
+        raise ValueError(f"perlin_noise: res must be positive, got {res}")
+    if not 0 <= rotation < len(ROTATIONS):
+        raise ValueError(f"perlin_noise: rotation must be in 0..{len(ROTATIONS) - 1}")
+    period_y, period_x = h / ry, w / rx
+    if rotation == 0:
+        noise = _grid_noise(h, w, period_y, period_x, rng)
+    else:
+        c, s = ROTATIONS[rotation]
+        ac, as_ = abs(c), abs(s)
+        big_h = int(np.ceil(ac * h + as_ * w)) + 1
+        big_w = int(np.ceil(as_ * h + ac * w)) + 1
+        grid = _grid_noise(big_h, big_w, period_y, period_x, rng)
+        py = np.arange(h, dtype=np.float64)[:, None] - (h - 1) / 2.0
+        px = np.arange(w, dtype=np.float64)[None, :] - (w - 1) / 2.0
+        yy = np.floor((c * py + (big_h - 1) / 2.0 + 0.5) - s * px).astype(np.intp)
+        xx = np.floor((s * py + (big_w - 1) / 2.0 + 0.5) + c * px).astype(np.intp)
+        np.clip(yy, 0, big_h - 1, out=yy)
+        np.clip(xx, 0, big_w - 1, out=xx)
+        yy *= big_w
+        yy += xx
+        noise = grid.take(yy)
+    return noise
+
+
+@dataclass(frozen=True)
+class PerlinConfig:
+    """How lesion masks P are drawn from Perlin noise."""
+
+    # Periods across each axis are 2**k with k drawn uniformly per axis from this inclusive range;
+    # DRAEM: 2 ** randint(0, 6), i.e. 1..32 periods.
+    scale_exp: tuple[int, int] = (0, 5)
+    # P = P_n > threshold; DRAEM: 0.5.
+    threshold: float = 0.5
+    # Ours: the shortest period, in pixels. DRAEM's finest noise has 8 px periods (256 px / 32);
+    # our noise covers one lesion crop, often 10-40 px, where 32 periods would be sub-pixel
+    # speckle. Periods per axis are therefore capped at floor(side / min_period), so tiny crops
+    # get one smooth blob and large crops keep DRAEM's full range of scales.
+    min_period: float = 8.0
+    # DRAEM rotates its noise by a random angle in (-90, 90) degrees; we turn anisotropic noise
+    # by one of 8 orientations 22.5 degrees apart (the same half turn, from a fixed table).
+    rotate: bool = True
+    # Ours: thresholding a small crop's noise is often empty (a single lattice cell rarely
+    # exceeds 0.5). Noise is redrawn up to this many times; if every draw is empty the last
+    # noise is thresholded at half its own maximum (see perlin_mask), so P is never empty.
+    max_draws: int = 4
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale_exp
+        if not (0 <= lo <= hi <= 10):
+            raise ConfigError(f"perlin.scale_exp: need 0 <= low <= high <= 10, got {lo}, {hi}")
+        if not -1.0 < self.threshold < 1.0:
+            raise ConfigError(f"perlin.threshold: must lie in (-1, 1), got {self.threshold}")
+        if not self.min_period >= 1.0:
+            raise ConfigError(f"perlin.min_period: must be >= 1 pixel, got {self.min_period}")
+        if not isinstance(self.max_draws, int) or self.max_draws < 1:
+            raise ConfigError(f"perlin.max_draws: must be >= 1, got {self.max_draws}")
+
+
+# If every draw is empty, the last noise is thresholded at this fraction of its maximum.
+_FALLBACK_RATIO = 0.5
+
+
+def _periods(side: int, rng: np.random.Generator, config: PerlinConfig) -> int:
+    lo, hi = config.scale_exp
+    k = lo + int(rng.random() * (hi - lo + 1))  # uniform lo..hi (see _grid_noise's draws)
+    cap = max(1, int(side // config.min_period))
+    return min(2**k, cap)
+
+
+def perlin_mask(
+    shape: tuple[int, int], rng: np.random.Generator, config: PerlinConfig = PerlinConfig()
+) -> np.ndarray:
+    """The lesion mask P: (H, W) uint8 in {0, 1}, never empty.
+
+    Each draw picks periods per axis (2**k, capped by ``config.min_period``), an orientation
+    (for anisotropic periods, when ``config.rotate``) and fresh gradients, and keeps
+    P_n > threshold. After ``config.max_draws`` empty draws the last
+    P_n is thresholded at half its maximum (or at its maximum if that is not positive), which
+    always keeps at least the peak pixel: a deterministic fallback, no extra randomness.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    noise = None
+    for _ in range(config.max_draws):
+        res = (_periods(h, rng, config), _periods(w, rng, config))
+        rotation = 0
+        # With equal periods in pixels the pattern is isotropic (up to lattice artefacts), so
+        # only anisotropic noise is turned.
+        if config.rotate and res[0] * w != res[1] * h:
+            rotation = int(rng.random() * len(ROTATIONS))
+        noise = perlin_noise((h, w), res, rng, rotation=rotation)
+        mask = noise > config.threshold
+        if mask.any():
+            return mask.view(np.uint8)
+    assert noise is not None
+    peak = float(noise.max())
+    cut = peak * _FALLBACK_RATIO if peak > 0 else peak
+    return (noise >= cut).view(np.uint8)
