@@ -1,0 +1,317 @@
+"""The pool of seven colour/texture operations that give a lesion its look (paper section 3.3).
+
+The paper draws three distinct operations per lesion from: sharpening, solarizing, gamma
+contrast, hue change, colour-temperature change, auto-contrast and random colour shift. It gives
+no parameter ranges; ours come from imgaug's augmenters of the same name (which DRAEM and the
+paper's code base use) unless a comment says otherwise.
+
+Each operation is one small pure function in the style of albumentations' functional layer::
+
+    op(img, rng, params) -> (new_img, applied)
+
+``img`` is (H, W, 3) uint8 RGB and is never modified; ``params`` is the op's frozen dataclass of
+ranges; ``applied`` holds the values drawn, as JSON-compatible Python numbers, for the sample's
+metadata. Everything is 8-bit OpenCV work (``cv2.LUT``, ``cv2.cvtColor``) or exact integer
+arithmetic; there is no per-pixel Python. Transcendental functions (gamma's power) are only
+evaluated on 256-entry tables in float64, so platforms agree on every output byte except where a
+value lands within one ulp of a rounding tie.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from anomalygen.errors import ConfigError
+
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
+def _check_range(name: str, rng_: tuple[float, float], lo: float, hi: float) -> None:
+    a, b = rng_
+    if not (lo <= a <= b <= hi):
+        raise ConfigError(f"augment.{name}: need {lo} <= low <= high <= {hi}, got ({a}, {b})")
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(rng.uniform(bounds[0], bounds[1]))
+
+
+def _lut3(tables: np.ndarray) -> np.ndarray:
+    """(3, 256) values -> a (256, 1, 3) uint8 LUT for cv2.LUT (rounded half up, clipped)."""
+    t = np.minimum(np.maximum(tables + 0.5, 0.0), 255.0)  # ufuncs: cheaper than np.clip
+    return t.astype(np.uint8).T.reshape(256, 1, 3)  # truncation of t >= 0 is floor
+
+
+# --- sharpening -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SharpenParams:
+    # imgaug Sharpen: kernel (1 - alpha) * identity + alpha * [[-1,-1,-1],[-1,8+L,-1],[-1,-1,-1]].
+    # Ranges from imgaug's documented example Sharpen(alpha=(0, 1.0), lightness=(0.75, 2.0))
+    # (its defaults, alpha (0, 0.2) and lightness (0.8, 1.2), barely show on a small crop).
+    alpha: tuple[float, float] = (0.0, 1.0)
+    lightness: tuple[float, float] = (0.75, 2.0)
+
+    def __post_init__(self) -> None:
+        _check_range("sharpen.alpha", self.alpha, 0.0, 1.0)
+        _check_range("sharpen.lightness", self.lightness, 0.0, 10.0)
+
+
+def sharpen(img: np.ndarray, rng: np.random.Generator, params: SharpenParams) -> tuple:
+    """imgaug's Sharpen, in exact fixed-point arithmetic (weights in 1/256 steps).
+
+    With centre weight 1 + alpha * (7 + L) and -alpha on the 8 neighbours, the output is
+    (1 + alpha * (8 + L)) * x - alpha * box3x3(x). The 3x3 sum is exact in int32, so the result
+    does not depend on OpenCV's SIMD paths. Borders are reflected (OpenCV's default).
+    """
+    alpha = _uniform(rng, params.alpha)
+    lightness = _uniform(rng, params.lightness)
+    a = round(alpha * 256)
+    k = round((1.0 + alpha * (8.0 + lightness)) * 256)
+    x = img.astype(np.int32)
+    box = cv2.boxFilter(img, cv2.CV_32S, (3, 3), normalize=False)
+    out = (k * x - a * box + 128) >> 8
+    return np.clip(out, 0, 255).astype(np.uint8), {"alpha": alpha, "lightness": lightness}
+
+
+# --- solarizing -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SolarizeParams:
+    # imgaug Solarize(threshold=(32, 128)) as in DRAEM: values >= threshold become 255 - value.
+    threshold: tuple[int, int] = (32, 128)
+
+    def __post_init__(self) -> None:
+        _check_range("solarize.threshold", self.threshold, 0, 256)
+
+
+def solarize(img: np.ndarray, rng: np.random.Generator, params: SolarizeParams) -> tuple:
+    """Invert every value at or above a drawn threshold (integer, inclusive range)."""
+    threshold = int(rng.integers(params.threshold[0], params.threshold[1] + 1))
+    lut = np.where(_LEVELS >= threshold, 255 - _LEVELS, _LEVELS).astype(np.uint8)
+    return cv2.LUT(img, lut), {"threshold": threshold}
+
+
+# --- gamma contrast -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GammaParams:
+    # imgaug GammaContrast((0.5, 2.0), per_channel=True) as in DRAEM: out = 255 * (v/255)**gamma.
+    gamma: tuple[float, float] = (0.5, 2.0)
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        _check_range("gamma.gamma", self.gamma, 0.01, 100.0)
+
+
+def gamma(img: np.ndarray, rng: np.random.Generator, params: GammaParams) -> tuple:
+    """Gamma contrast through a LUT; one gamma per channel when ``per_channel``."""
+    if params.per_channel:
+        gammas = [_uniform(rng, params.gamma) for _ in range(3)]
+    else:
+        gammas = [_uniform(rng, params.gamma)] * 3
+    tables = 255.0 * np.power(_LEVELS[None, :] / 255.0, np.array(gammas)[:, None])
+    return cv2.LUT(img, _lut3(tables)), {"gamma": gammas}
+
+
+# --- hue change -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HueParams:
+    # DRAEM's AddToHueAndSaturation((-50, 50)) in imgaug units (255 = a full turn) is about
+    # +-70 degrees; drawn in OpenCV's 8-bit hue steps of 2 degrees.
+    degrees: tuple[float, float] = (-70.0, 70.0)
+
+    def __post_init__(self) -> None:
+        _check_range("hue.degrees", self.degrees, -180.0, 180.0)
+
+
+def hue(img: np.ndarray, rng: np.random.Generator, params: HueParams) -> tuple:
+    """Rotate the hue in HSV by a drawn angle (integer multiple of 2 degrees)."""
+    steps = int(rng.integers(round(params.degrees[0] / 2), round(params.degrees[1] / 2) + 1))
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)  # 8-bit hue in 0..179
+    tables = np.stack([(_LEVELS + steps) % 180, _LEVELS, _LEVELS])
+    hsv = cv2.LUT(hsv, _lut3(tables))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), {"degrees": 2 * steps}
+
+
+# --- colour temperature ---------------------------------------------------------------------
+
+# Mitchell Charity's blackbody colours (CIE 1964 10-degree observer, sRGB), every 500 K:
+# the table behind imgaug's ChangeColorTemperature, normalised so the largest channel is 255.
+_KELVIN = np.arange(1000, 10001, 500, dtype=np.float64)
+_KELVIN_RGB = np.array(
+    [
+        (255, 56, 0),
+        (255, 109, 0),
+        (255, 137, 18),
+        (255, 161, 72),
+        (255, 180, 107),
+        (255, 196, 137),
+        (255, 209, 163),
+        (255, 219, 186),
+        (255, 228, 206),
+        (255, 236, 224),
+        (255, 243, 239),
+        (255, 249, 253),
+        (245, 243, 255),
+        (235, 238, 255),
+        (227, 233, 255),
+        (220, 229, 255),
+        (214, 225, 255),
+        (208, 222, 255),
+        (204, 219, 255),
+    ],
+    dtype=np.float64,
+)
+
+
+def kelvin_to_rgb(kelvin: float) -> tuple[float, float, float]:
+    """Channel multipliers in [0, 1] for a colour temperature in 1000..10000 K (linear interp.)."""
+    k = min(max(float(kelvin), 1000.0), 10000.0)
+    return tuple(float(np.interp(k, _KELVIN, _KELVIN_RGB[:, c]) / 255.0) for c in range(3))
+
+
+@dataclass(frozen=True)
+class TemperatureParams:
+    # imgaug ChangeColorTemperature as used in anomaly-synthesis pipelines, (1100, 10000) K
+    # (imgaug's default is (1000, 11000); our table ends at 10000 K).
+    kelvin: tuple[float, float] = (1100.0, 10000.0)
+
+    def __post_init__(self) -> None:
+        _check_range("temperature.kelvin", self.kelvin, 1000.0, 10000.0)
+
+
+def temperature(img: np.ndarray, rng: np.random.Generator, params: TemperatureParams) -> tuple:
+    """Multiply each channel by the blackbody colour of a drawn temperature (LUT)."""
+    kelvin = _uniform(rng, params.kelvin)
+    mult = np.array(kelvin_to_rgb(kelvin))
+    return cv2.LUT(img, _lut3(mult[:, None] * _LEVELS[None, :])), {"kelvin": kelvin}
+
+
+# --- auto-contrast --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutocontrastParams:
+    # imgaug pillike.Autocontrast(cutoff=(0, 20)): percent of darkest and of lightest pixels
+    # (per channel, as PIL's ImageOps.autocontrast) clipped before stretching to 0..255.
+    cutoff: tuple[float, float] = (0.0, 20.0)
+
+    def __post_init__(self) -> None:
+        _check_range("autocontrast.cutoff", self.cutoff, 0.0, 49.0)
+
+
+def autocontrast(img: np.ndarray, rng: np.random.Generator, params: AutocontrastParams) -> tuple:
+    """Stretch each channel's [low, high] (after cutting ``cutoff`` % at both ends) to [0, 255].
+
+    Works on the image it is given: applied to a lesion crop, it stretches the crop's own
+    range, which is stronger than stretching the whole photograph.
+    """
+    cutoff = _uniform(rng, params.cutoff)
+    n = img.shape[0] * img.shape[1]
+    cut = n * cutoff / 100.0
+    tables = np.empty((3, 256))
+    for c in range(3):
+        hist = cv2.calcHist([img], [c], None, [256], [0, 256]).ravel()
+        cum = np.cumsum(hist)
+        low = int(np.searchsorted(cum, cut, side="right"))  # first level with cum > cut
+        high = int(np.searchsorted(cum, n - cut, side="left"))  # first level with cum >= n - cut
+        low, high = min(low, 255), min(high, 255)
+        if high <= low:  # flat channel: leave it
+            tables[c] = _LEVELS
+        else:
+            tables[c] = (_LEVELS - low) * (255.0 / (high - low))
+    return cv2.LUT(img, _lut3(tables)), {"cutoff": cutoff}
+
+
+# --- random colour shift --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColorShiftParams:
+    # Per-channel additive offsets; range from DRAEM's MultiplyAndAddToBrightness add=(-30, 30),
+    # drawn independently per channel.
+    offset: tuple[int, int] = (-30, 30)
+
+    def __post_init__(self) -> None:
+        _check_range("color_shift.offset", self.offset, -255, 255)
+
+
+def color_shift(img: np.ndarray, rng: np.random.Generator, params: ColorShiftParams) -> tuple:
+    """Add a drawn integer offset to each channel (saturating)."""
+    offsets = [int(v) for v in rng.integers(params.offset[0], params.offset[1] + 1, size=3)]
+    tables = _LEVELS[None, :] + np.array(offsets, dtype=np.float64)[:, None]
+    return cv2.LUT(img, _lut3(tables)), {"offsets": offsets}
+
+
+# --- the pool -------------------------------------------------------------------------------
+
+OPS: dict[str, Callable] = {
+    "sharpen": sharpen,
+    "solarize": solarize,
+    "gamma": gamma,
+    "hue": hue,
+    "temperature": temperature,
+    "autocontrast": autocontrast,
+    "color_shift": color_shift,
+}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which operations a lesion gets and their ranges."""
+
+    n_ops: int = 3  # paper: three distinct operations per lesion
+    ops: tuple[str, ...] = tuple(OPS)  # paper: the pool of seven
+    sharpen: SharpenParams = field(default_factory=SharpenParams)
+    solarize: SolarizeParams = field(default_factory=SolarizeParams)
+    gamma: GammaParams = field(default_factory=GammaParams)
+    hue: HueParams = field(default_factory=HueParams)
+    temperature: TemperatureParams = field(default_factory=TemperatureParams)
+    autocontrast: AutocontrastParams = field(default_factory=AutocontrastParams)
+    color_shift: ColorShiftParams = field(default_factory=ColorShiftParams)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.ops if name not in OPS]
+        if unknown:
+            raise ConfigError(
+                f"augment.ops: unknown operation(s) {', '.join(map(str, unknown))}; "
+                f"choose from {', '.join(OPS)}"
+            )
+        if len(set(self.ops)) != len(self.ops):
+            raise ConfigError("augment.ops: operations must not repeat")
+        if not 0 <= self.n_ops <= len(self.ops):
+            raise ConfigError(
+                f"augment.n_ops: must be between 0 and {len(self.ops)} (the pool), got {self.n_ops}"
+            )
+
+
+def augment(
+    img: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig()
+) -> tuple[np.ndarray, list[dict]]:
+    """Apply ``config.n_ops`` distinct operations from ``config.ops``, in a random order.
+
+    Returns the new image (``img`` is not modified) and ``[{"op": name, **values}, ...]`` in the
+    order applied.
+    """
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"augment: expected an (H, W, 3) uint8 image, got {img.shape} {img.dtype}")
+    picks = rng.permutation(len(config.ops))[: config.n_ops]  # distinct, in random order
+    applied = []
+    out = img
+    for i in picks:
+        name = config.ops[int(i)]
+        out, values = OPS[name](out, rng, getattr(config, name))
+        applied.append({"op": name, **values})
+    if out is img:  # n_ops == 0: still hand back a new array
+        out = img.copy()
+    return out, applied
