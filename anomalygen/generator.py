@@ -1,0 +1,338 @@
+"""The consistent anomaly generator (paper section 3.3): one synthetic sample (I_G, M_G, meta).
+
+For each lesion the generator
+
+1. draws a crop size (log-uniform fraction of the image side) and cuts C_s from the source image
+   at a random place inside the source's field of view (FOV);
+2. applies three distinct operations from the augmentation pool to C_s;
+3. makes the Perlin mask P of the crop's size;
+4. picks a crop C_t of the target at a random place inside the target's FOV (P is ANDed with the
+   FOV there, so a lesion never leaves the retina);
+5. fuses C_s into C_t with the distance weights W (self-mix, Eqs. 3 and 4) and writes the result
+   into the synthetic image I_G and P into the mask M_G.
+
+The paper augments the whole source image and then cuts C_s; we cut first and augment only the
+crop. Every operation but auto-contrast is pointwise or 3x3-local, so the crop's pixels are the
+same either way (auto-contrast stretches the crop's own range, which makes stronger lesions);
+the gain is speed: no full-image work except the one copy of the target.
+
+All randomness comes from the ``numpy.random.Generator`` passed in; :func:`sample_rng` is THE
+definition of the generator for sample ``index`` of a render seeded with ``seed``, so a sample
+depends on (seed, index) alone, whatever the number of workers, and is byte-identical run to run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from anomalygen.augment import AugmentConfig, augment
+from anomalygen.errors import ConfigError, ImageError
+from anomalygen.perlin import PerlinConfig, perlin_mask
+from anomalygen.selfmix import distance_weights, paste, self_mix
+
+SOURCES = ("fundus", "texture")
+BLENDS = ("selfmix", "paste")
+MASKS = ("perlin", "crop")
+
+# Ours: no crop side below this many pixels (and never above the image), so a lesion crop has
+# a centre and room for a Perlin blob even on tiny test images.
+MIN_CROP_PX = 3
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """How synthetic lesions are made. Field comments say where each default comes from."""
+
+    # Lesions per anomalous sample, drawn uniformly from this inclusive range. Ours: DR
+    # photographs usually show several lesions; DRAEM gets several blobs from one full-image
+    # Perlin mask, we get them from 1-4 crops (and from several blobs within a crop).
+    lesions: tuple[int, int] = (1, 4)
+    # Probability that a sample stays normal (empty mask, image == target). DRAEM: 0.5.
+    p_normal: float = 0.5
+    # Crop side as a fraction of the image side, drawn log-uniformly. Ours: real lesions range
+    # from microaneurysms of a few pixels to haemorrhages about a tenth of the disc across.
+    # At 768 px this gives crops of 12-154 px; the Perlin blobs inside fill part of the crop,
+    # so lesions span from about 3 px (microaneurysm) to about 100 px (large haemorrhage or
+    # exudate cluster); log-uniform because small lesions are the common ones.
+    crop_size: tuple[float, float] = (0.015, 0.2)
+    # Crop height/width ratio, drawn log-uniformly (ours: mildly elongated crops; the Perlin
+    # mask adds the shape diversity).
+    aspect: tuple[float, float] = (0.5, 2.0)
+    # The self-mix scaling factor of Eq. 3. Paper: 0.7.
+    alpha: float = 0.7
+    # Table 4 ablations. source: "fundus" (paper: normal training images) or "texture" (DRAEM's
+    # external texture images, e.g. DTD). blend: "selfmix" (Eq. 4) or "paste" (hard paste, W = 1).
+    # mask: "perlin" (P from thresholded Perlin noise) or "crop" (P = the whole crop).
+    source: Literal["fundus", "texture"] = "fundus"
+    blend: Literal["selfmix", "paste"] = "selfmix"
+    mask: Literal["perlin", "crop"] = "perlin"
+    # Ours: random positions tried for a crop fully inside the FOV before settling for the
+    # position with the most FOV pixels (a disc filling its square accepts ~75% of positions).
+    placement_tries: int = 16
+    perlin: PerlinConfig = field(default_factory=PerlinConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("lesions", "crop_size", "aspect"):  # JSON lists -> hashable tuples
+            value = getattr(self, name)
+            if isinstance(value, list | tuple) and len(value) == 2:
+                object.__setattr__(self, name, tuple(value))
+            else:
+                raise ConfigError(f"generator.{name}: expected a pair (low, high), got {value!r}")
+        try:
+            self._validate()
+        except TypeError as err:  # e.g. a string where a number belongs
+            raise ConfigError(f"generator: wrong type of value ({err})") from None
+
+    def _validate(self) -> None:
+        lo, hi = self.lesions
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi <= 1000):
+            raise ConfigError(f"generator.lesions: need integers 1 <= low <= high, got {lo}, {hi}")
+        if not 0.0 <= self.p_normal <= 1.0:
+            raise ConfigError(f"generator.p_normal: must lie in [0, 1], got {self.p_normal}")
+        lo, hi = self.crop_size
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ConfigError(f"generator.crop_size: need 0 < low <= high <= 1, got {lo}, {hi}")
+        lo, hi = self.aspect
+        if not 0.0 < lo <= hi:
+            raise ConfigError(f"generator.aspect: need 0 < low <= high, got {lo}, {hi}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"generator.alpha: must lie in [0, 1], got {self.alpha}")
+        for name, allowed in (("source", SOURCES), ("blend", BLENDS), ("mask", MASKS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"generator.{name}: must be one of {', '.join(allowed)}, "
+                    f"got {getattr(self, name)!r}"
+                )
+        if not (isinstance(self.placement_tries, int) and self.placement_tries >= 1):
+            raise ConfigError(
+                f"generator.placement_tries: must be an integer >= 1, got {self.placement_tries}"
+            )
+        if not isinstance(self.perlin, PerlinConfig):
+            raise ConfigError("generator.perlin: expected a PerlinConfig")
+        if not isinstance(self.augment, AugmentConfig):
+            raise ConfigError("generator.augment: expected an AugmentConfig")
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticSample:
+    """One generated sample."""
+
+    image: np.ndarray  # I_G, (H, W, 3) uint8; equals target exactly wherever mask == 0
+    mask: np.ndarray  # M_G, (H, W) uint8 in {0, 1}; inside the target FOV; non-empty unless normal
+    # JSON-compatible: {"normal": bool, "area": int, "lesions": [{"target_box": [y0, x0, y1, x1],
+    #   "source_box": [y0, x0, y1, x1], "ops": [{"op": name, ...}], "area": int}]}
+    meta: dict
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """THE random generator of sample ``index`` in a render seeded with ``seed``.
+
+    PCG64 seeded by ``SeedSequence([seed, index])``: independent streams per index, so sample i
+    is the same whichever worker makes it and in whatever order.
+    """
+    for name, value in (("seed", seed), ("index", index)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ConfigError(f"{name}: must be a non-negative integer, got {value!r}")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index)])))
+
+
+def _check_image(name: str, img: np.ndarray) -> None:
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+        shape = getattr(img, "shape", type(img).__name__)
+        raise ImageError(f"{name}: expected an (H, W, 3) RGB image array, got {shape}")
+    if img.dtype != np.uint8:
+        raise ImageError(f"{name}: expected dtype uint8, got {img.dtype}")
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise ImageError(f"{name}: image is empty, shape {img.shape}")
+
+
+def _check_fov(name: str, fov: np.ndarray | None, shape: tuple[int, int]) -> None:
+    if fov is not None and (not isinstance(fov, np.ndarray) or fov.shape != shape):
+        got = getattr(fov, "shape", type(fov).__name__)
+        raise ImageError(f"{name}: expected an FOV mask of shape {shape}, got {got}")
+
+
+def _place(
+    fov: np.ndarray | None,
+    shape: tuple[int, int],
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    tries: int,
+) -> tuple[int, int]:
+    """Top-left corner of an (h, w) box in an image of ``shape``: uniform over positions whose box
+    lies fully inside ``fov``; after ``tries`` misses, the tried position with most FOV pixels."""
+    (H, W), (h, w) = shape, size
+    best = (-1, 0, 0)
+    for _ in range(tries):
+        # floor(n * u): uniform over 0..n-1 up to 2**-53 bias, and 6x cheaper than rng.integers
+        y0 = int(rng.random() * (H - h + 1))
+        x0 = int(rng.random() * (W - w + 1))
+        if fov is None:
+            return y0, x0
+        covered = int(np.count_nonzero(fov[y0 : y0 + h, x0 : x0 + w]))
+        if covered == h * w:
+            return y0, x0
+        if covered > best[0]:
+            best = (covered, y0, x0)
+    return best[1], best[2]
+
+
+def _tile_to(texture: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Repeat a texture smaller than (h, w) until it covers it."""
+    th, tw = texture.shape[:2]
+    if th >= h and tw >= w:
+        return texture
+    return np.tile(texture, (max(1, -(-h // th)), max(1, -(-w // tw)), 1))
+
+
+class AnomalyGenerator:
+    """Makes synthetic samples: ``AnomalyGenerator(config).generate(target, source, rng)``."""
+
+    def __init__(self, config: GeneratorConfig = GeneratorConfig()) -> None:
+        if not isinstance(config, GeneratorConfig):
+            raise ConfigError(f"generator: expected a GeneratorConfig, got {type(config).__name__}")
+        self.config = config
+
+    def generate(
+        self,
+        target: np.ndarray,
+        source: np.ndarray,
+        rng: np.random.Generator,
+        fov: np.ndarray | None = None,
+        source_fov: np.ndarray | None = None,
+    ) -> SyntheticSample:
+        """One sample from a target image I_t and a source image I_s.
+
+        ``target`` and ``source`` are (H, W, 3) uint8 RGB prepared fundus images (in texture mode
+        ``source`` is any RGB texture, tiled where smaller than a crop, and ``source_fov`` is
+        ignored). ``fov`` / ``source_fov`` are (H, W) masks, nonzero inside the field of view;
+        None means "everywhere". Inputs are never modified. Raises :class:`ImageError` for
+        arrays of the wrong shape or dtype, or when no lesion can be placed because ``fov`` is
+        empty.
+        """
+        cfg = self.config
+        _check_image("target", target)
+        _check_image("source", source)
+        shape = (target.shape[0], target.shape[1])
+        _check_fov("fov", fov, shape)
+        if cfg.source == "fundus":
+            _check_fov("source_fov", source_fov, source.shape[:2])
+        else:
+            source_fov = None
+
+        image = target.copy()
+        mask = np.zeros(shape, dtype=np.uint8)
+        if rng.random() < cfg.p_normal:
+            return SyntheticSample(image, mask, {"normal": True, "area": 0, "lesions": []})
+
+        lesions = []
+        for _ in range(int(rng.integers(cfg.lesions[0], cfg.lesions[1] + 1))):
+            lesion = self._lesion(image, mask, source, rng, fov, source_fov)
+            if lesion is not None:
+                lesions.append(lesion)
+        if not lesions:  # every lesion fell outside a small or ragged FOV
+            lesions.append(self._anchored_lesion(image, mask, source, rng, fov, source_fov))
+        meta = {"normal": False, "area": int(np.count_nonzero(mask)), "lesions": lesions}
+        return SyntheticSample(image, mask, meta)
+
+    def _lesion(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        source: np.ndarray,
+        rng: np.random.Generator,
+        fov: np.ndarray | None,
+        source_fov: np.ndarray | None,
+        anchor: tuple[int, int] | None = None,
+    ) -> dict | None:
+        """Make one lesion and write it into ``image`` and ``mask`` (our own arrays).
+
+        Returns its metadata, or None if P does not meet the target FOV. With ``anchor`` (a FOV
+        pixel) the crop has the minimum size, is centred on the anchor and P keeps that pixel.
+        """
+        cfg = self.config
+        H, W = mask.shape
+        if cfg.source == "fundus":
+            limit = (min(H, source.shape[0]), min(W, source.shape[1]))
+        else:
+            limit = (H, W)
+        if anchor is None:
+            h, w = self._crop_size(rng, min(H, W), limit)
+        else:
+            h, w = min(MIN_CROP_PX, limit[0]), min(MIN_CROP_PX, limit[1])
+
+        # C_s: a crop of the source (inside its FOV), then three augmentations of the crop only.
+        if cfg.source == "texture":
+            source = _tile_to(source, h, w)
+            sy, sx = _place(None, source.shape[:2], (h, w), rng, 1)
+        else:
+            sy, sx = _place(source_fov, source.shape[:2], (h, w), rng, cfg.placement_tries)
+        C_s, ops = augment(source[sy : sy + h, sx : sx + w], rng, cfg.augment)
+
+        # P, and where the lesion goes in the target (inside its FOV).
+        if cfg.mask == "perlin":
+            P = perlin_mask((h, w), rng, cfg.perlin)
+        else:
+            P = np.ones((h, w), dtype=np.uint8)
+        if anchor is None:
+            ty, tx = _place(fov, (H, W), (h, w), rng, cfg.placement_tries)
+        else:
+            ty = min(max(anchor[0] - h // 2, 0), H - h)
+            tx = min(max(anchor[1] - w // 2, 0), W - w)
+        region = (slice(ty, ty + h), slice(tx, tx + w))
+        if fov is not None:
+            P = P & (fov[region] != 0).view(np.uint8)
+        if anchor is not None:
+            P[anchor[0] - ty, anchor[1] - tx] = 1
+        if not P.any():
+            return None
+
+        # Fuse C_s into C_t (Eq. 4) and record C_m = P in M_G.
+        C_t = image[region]
+        if cfg.blend == "selfmix":
+            image[region] = self_mix(C_s, C_t, P, distance_weights(P, cfg.alpha))
+        else:
+            image[region] = paste(C_s, C_t, P)
+        mask[region] |= P
+        return {
+            "target_box": [ty, tx, ty + h, tx + w],
+            "source_box": [int(sy), int(sx), int(sy) + h, int(sx) + w],
+            "ops": ops,
+            "area": int(np.count_nonzero(P)),
+        }
+
+    def _anchored_lesion(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        source: np.ndarray,
+        rng: np.random.Generator,
+        fov: np.ndarray | None,
+        source_fov: np.ndarray | None,
+    ) -> dict:
+        """Fallback when no lesion met the FOV: a minimum-size lesion on a random FOV pixel."""
+        inside = np.flatnonzero(fov) if fov is not None else np.arange(mask.size)
+        if inside.size == 0:
+            raise ImageError("fov: the target's field of view is empty; no lesion can be placed")
+        anchor = divmod(int(inside[int(rng.integers(inside.size))]), mask.shape[1])
+        lesion = self._lesion(image, mask, source, rng, fov, source_fov, anchor=anchor)
+        assert lesion is not None  # P keeps the anchor pixel, which lies in the FOV
+        return lesion
+
+    def _crop_size(
+        self, rng: np.random.Generator, side: int, limit: tuple[int, int]
+    ) -> tuple[int, int]:
+        """(h, w): side log-uniform in ``crop_size`` * ``side``, aspect h/w log-uniform,
+        at least MIN_CROP_PX and at most ``limit``."""
+        lo, hi = self.config.crop_size
+        s = side * lo * math.pow(hi / lo, float(rng.random()))
+        a_lo, a_hi = self.config.aspect
+        root = math.sqrt(a_lo * math.pow(a_hi / a_lo, float(rng.random())))
+        h = min(max(round(s * root), MIN_CROP_PX), limit[0])
+        w = min(max(round(s / root), MIN_CROP_PX), limit[1])
+        return h, w
