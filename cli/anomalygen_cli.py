@@ -16,6 +16,11 @@ app = typer.Typer(
 )
 
 # Each command's parsing lives in its own module; registration order is the order in --help.
+from cli import render_cmd  # noqa: E402
+
+app.command("render")(render_cmd.render)
+app.command("info")(render_cmd.info)
+app.command("verify")(render_cmd.verify)
 
 
 def main() -> None:

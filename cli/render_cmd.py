@@ -1,0 +1,448 @@
+"""``anomalygen render``, ``anomalygen info`` and ``anomalygen verify``: parse, call, print.
+
+The work is done by :func:`anomalygen.render.render`, :func:`anomalygen.store.store_info` and
+:func:`anomalygen.verify.verify_store`. :func:`generator_config` turns the generator options into
+a ``GeneratorConfig`` and may be shared by other commands (``preview``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from anomalygen.errors import ConfigError
+from anomalygen.store import DEFAULT_SHARD_SIZE
+from cli.common import EXIT_INTERRUPTED, fail
+
+GENERATOR = "Generator"
+STORE = "Store"
+SOURCES = "Sources"
+
+
+# ------------------------------------------------------------------------------------------
+# Generator options (shared)
+# ------------------------------------------------------------------------------------------
+
+
+def parse_range(option: str, text: str, kind: type) -> tuple[Any, Any]:
+    """``"1-4" -> (1, 4)``; ``"3" -> (3, 3)``; floats for ``kind=float``."""
+    low, sep, high = text.strip().partition("-")
+    try:
+        lo = kind(low)
+        hi = kind(high) if sep else lo
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise ConfigError(f"{option}: expected MIN-MAX with {what}, got {text!r}") from None
+    if lo > hi:
+        raise ConfigError(f"{option}: MIN must not exceed MAX, got {text!r}")
+    return lo, hi
+
+
+def generator_config(
+    *,
+    config_file: Path | None = None,
+    lesions: str | None = None,
+    p_normal: float | None = None,
+    crop_fraction: str | None = None,
+    alpha: float | None = None,
+    source: str | None = None,
+    blend: str | None = None,
+    mask: str | None = None,
+) -> Any:
+    """A ``GeneratorConfig``: from ``config_file`` (JSON, as ``anomalygen info --json`` prints
+    under "generator") or the defaults, with the given options replacing fields."""
+    from anomalygen.config import from_dict
+    from anomalygen.generator import GeneratorConfig
+
+    base = GeneratorConfig()
+    if config_file is not None:
+        try:
+            data = json.loads(Path(config_file).read_text())
+        except OSError as err:
+            raise ConfigError(f"--config: cannot read {config_file} ({err.strerror})") from None
+        except ValueError as err:
+            raise ConfigError(f"--config: {config_file} is not valid JSON ({err})") from None
+        if isinstance(data, dict) and isinstance(data.get("generator"), dict):
+            data = data["generator"]  # the whole `info --json` output works too
+        base = from_dict(GeneratorConfig, data)
+    changes: dict[str, Any] = {}
+    if lesions is not None:
+        changes["lesions"] = parse_range("--lesions", lesions, int)
+    if crop_fraction is not None:
+        changes["crop_size"] = parse_range("--crop-fraction", crop_fraction, float)
+    for name, value in (("p_normal", p_normal), ("alpha", alpha)):
+        if value is not None:
+            changes[name] = float(value)
+    for name, value in (("source", source), ("blend", blend), ("mask", mask)):
+        if value is not None:
+            changes[name] = value
+    try:
+        return dataclasses.replace(base, **changes)
+    except ConfigError as err:
+        # "generator.p_normal: ..." -> "--p-normal: ..."
+        text = str(err)
+        for field, option in (
+            ("generator.lesions", "--lesions"),
+            ("generator.crop_size", "--crop-fraction"),
+            ("generator.p_normal", "--p-normal"),
+            ("generator.alpha", "--alpha"),
+            ("generator.source", "--source"),
+            ("generator.blend", "--blend"),
+            ("generator.mask", "--mask"),
+        ):
+            text = text.replace(field, option)
+        raise ConfigError(text) from None
+
+
+# ------------------------------------------------------------------------------------------
+# render
+# ------------------------------------------------------------------------------------------
+
+
+def render(
+    n: Annotated[int, typer.Option("--n", help="Number of synthetic samples.", min=1)],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", help="Store to write: a folder (.zarr) or a URL (file://, s3://, memory://)."
+        ),
+    ],
+    src: Annotated[
+        Path | None,
+        typer.Option(
+            "--src",
+            help="Normal fundus photographs: a folder (searched recursively) or a text file "
+            "listing image paths.",
+            rich_help_panel=SOURCES,
+        ),
+    ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Use the built-in demo photographs (scikit-image's CC0 retina) instead of --src.",
+            rich_help_panel=SOURCES,
+        ),
+    ] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="Labels CSV (EyeQ: Label_EyeQ_train.csv) to select images with --where.",
+            rich_help_panel=SOURCES,
+        ),
+    ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            help="Keep CSV rows with COLUMN=VALUE (repeatable; e.g. --where DR_grade=0 "
+            "--where quality=0).",
+            rich_help_panel=SOURCES,
+        ),
+    ] = None,
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 768,
+    seed: Annotated[int, typer.Option("--seed", help="Sample i depends on (seed, i) only.")] = 0,
+    workers: Annotated[
+        str, typer.Option("--workers", help="Worker processes, or 'auto' (one per CPU).")
+    ] = "auto",
+    shard_size: Annotated[
+        int,
+        typer.Option("--shard-size", help="Samples per shard.", min=1, rich_help_panel=STORE),
+    ] = DEFAULT_SHARD_SIZE,
+    codec: Annotated[
+        str,
+        typer.Option(
+            "--codec", help="Compression: zstd (level 1), blosc-lz4 or none.", rich_help_panel=STORE
+        ),
+    ] = "zstd",
+    lesions: Annotated[
+        str | None,
+        typer.Option(
+            "--lesions",
+            help="Lesions per anomalous sample, MIN-MAX (default: 1-4).",
+            rich_help_panel=GENERATOR,
+        ),
+    ] = None,
+    p_normal: Annotated[
+        float | None,
+        typer.Option(
+            "--p-normal",
+            help="Probability that a sample stays normal (default: 0.5).",
+            rich_help_panel=GENERATOR,
+        ),
+    ] = None,
+    crop_fraction: Annotated[
+        str | None,
+        typer.Option(
+            "--crop-fraction",
+            help="Lesion crop side as a fraction of the image side, MIN-MAX (default: 0.015-0.2).",
+            rich_help_panel=GENERATOR,
+        ),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            "--alpha",
+            help="Self-mix scaling factor alpha of Eq. 3 (default: 0.7).",
+            rich_help_panel=GENERATOR,
+        ),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="Lesion source: fundus or texture (default: fundus).",
+            rich_help_panel=GENERATOR,
+        ),
+    ] = None,
+    texture_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--texture-dir",
+            help="Texture images for --source texture (e.g. DTD).",
+            rich_help_panel=GENERATOR,
+        ),
+    ] = None,
+    blend: Annotated[
+        str | None,
+        typer.Option(
+            "--blend",
+            help="selfmix (Eq. 4) or paste (default: selfmix).",
+            rich_help_panel=GENERATOR,
+        ),
+    ] = None,
+    mask: Annotated[
+        str | None,
+        typer.Option(
+            "--mask",
+            help="Lesion mask: perlin or crop (default: perlin).",
+            rich_help_panel=GENERATOR,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Generator config JSON (options above override it).",
+            rich_help_panel=GENERATOR,
+        ),
+    ] = None,
+    no_clahe: Annotated[
+        bool, typer.Option("--no-clahe", help="Skip CLAHE when preparing the photographs.")
+    ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Write the skipped files and reasons here (.json or text)."),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Stop at the first unusable source file.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start over if the store exists.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Render N synthetic image/mask pairs into a sharded Zarr store.
+
+    Resumable: run the same command again to continue an interrupted render.
+    """
+    from anomalygen.render import RenderInterrupted
+    from anomalygen.render import render as run_render
+    from anomalygen.sources import find_sources
+
+    if demo and src is not None:
+        fail("--demo and --src: give one of them")
+    if demo and (labels is not None or where):
+        fail("--demo: --labels and --where select from --src, not from the demo photographs")
+    if src is None and not demo:
+        fail("--src: missing (a folder or list of normal fundus photographs; or try --demo)")
+    gen = generator_config(
+        config_file=config,
+        lesions=lesions,
+        p_normal=p_normal,
+        crop_fraction=crop_fraction,
+        alpha=alpha,
+        source=source,
+        blend=blend,
+        mask=mask,
+    )
+    if demo:
+        from anomalygen.demo import demo_folder
+
+        src = demo_folder()
+    assert src is not None
+    sources = find_sources(src, labels=labels, where=where or ())
+    textures = find_sources(texture_dir) if texture_dir is not None else None
+    if sources.missing_from_labels:
+        missing = sources.missing_from_labels
+        typer.echo(
+            f"note: {len(missing)} image(s) selected by {labels} not found under {src} "
+            f"(first: {missing[0]})",
+            err=True,
+        )
+    try:
+        result = run_render(
+            out,
+            sources,
+            n,
+            size=size,
+            seed=seed,
+            config=gen,
+            textures=textures,
+            workers=workers,
+            shard_size=shard_size,
+            codec=codec,
+            clahe=not no_clahe,
+            strict=strict,
+            overwrite=overwrite,
+            progress=not quiet,
+        )
+    except RenderInterrupted as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if report is not None:
+        _write_report(report, result.skipped)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    if result.skipped and report is None:
+        typer.echo(
+            f"warning: {len(result.skipped)} source file(s) skipped as unusable "
+            "(--report FILE lists them with reasons; `anomalygen info` shows them too)",
+            err=True,
+        )
+    if result.shards_rendered == 0 and result.shards_already_done == result.n_shards:
+        typer.echo(f"{out}: already complete ({result.n} samples); nothing to do")
+    else:
+        typer.echo(result.summary())
+
+
+def _write_report(path: Path, skipped: list[dict[str, str]]) -> None:
+    try:
+        if path.suffix.lower() == ".json":
+            path.write_text(json.dumps(skipped, indent=2) + "\n")
+        else:
+            lines = [f"{s['name']}\t{s['reason']}" for s in skipped]
+            path.write_text("".join(line + "\n" for line in lines))
+    except OSError as err:
+        fail(f"--report: cannot write {path} ({err.strerror})")
+
+
+# ------------------------------------------------------------------------------------------
+# info and verify
+# ------------------------------------------------------------------------------------------
+
+
+def info(
+    store: Annotated[str, typer.Argument(help="A store: folder or URL.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Counts, shapes, codec, size on disk, completion and config of a store."""
+    from anomalygen.progress import format_bytes
+    from anomalygen.store import store_info
+
+    data = store_info(store)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    pools = data["pools"]
+    rows = [
+        (
+            "store",
+            f"{data['url']} (format {data['format_version']}, "
+            f"anomalygen {data['anomalygen_version']})",
+        ),
+        (
+            "samples",
+            f"{data['samples_complete']} of {data['n']} complete "
+            f"({data['shards_complete']} of {data['shards']} shards of "
+            f"{data['shard_size']})",
+        ),
+        (
+            "image",
+            " x ".join(map(str, data["image_shape"]))
+            + " uint8 RGB; mask "
+            + " x ".join(map(str, data["mask_shape"]))
+            + " uint8",
+        ),
+        ("codec", f"{data['codec']} (+crc32c)"),
+        (
+            "on disk",
+            format_bytes(data["bytes_on_disk"])
+            + (
+                f", {format_bytes(data['bytes_per_sample'])}/sample"
+                if data["bytes_per_sample"]
+                else ""
+            ),
+        ),
+    ]
+    for pool, counts in pools.items():
+        rows.append((pool, f"{counts['usable']} usable of {counts['slots']} files"))
+    rows.append(
+        (
+            "skipped",
+            f"{len(data['skipped'])} file(s)"
+            + (
+                f" (first: {data['skipped'][0]['name']}: {data['skipped'][0]['reason']})"
+                if data["skipped"]
+                else ""
+            ),
+        )
+    )
+    if data["anomalous_fraction"] is not None:
+        area = data["mean_lesion_area_px"]
+        rows.append(
+            (
+                "anomalous",
+                f"{100 * data['anomalous_fraction']:.1f}% of samples"
+                + (f", mean lesion area {area:.0f} px" if area else ""),
+            )
+        )
+    rows += [
+        ("seed", str(data["seed"])),
+        ("sources", data["sources"].get("description") or data["sources"].get("root", "?")),
+        (
+            "created",
+            f"{data['created']}"
+            + (f", completed {data['completed']}" if data["completed"] else ", not completed"),
+        ),
+        ("generator", json.dumps(data["generator"], separators=(",", ":"))),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+def verify(
+    store: Annotated[str, typer.Argument(help="A store: folder or URL.")],
+    full: Annotated[
+        bool, typer.Option("--full", help="Read and check every sample (default: a spot check).")
+    ] = False,
+    samples: Annotated[
+        int,
+        typer.Option("--samples", help="Spot check: samples read besides one per shard.", min=0),
+    ] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the spot check.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Check a store's integrity and contracts; exit 1 listing the problems if any.
+
+    Shards complete and readable (truncated or corrupted shard files are caught), masks binary
+    and inside the FOV, images equal to their target outside the mask, metadata consistent.
+    """
+    from anomalygen.verify import verify_store
+
+    report = verify_store(store, full=full, samples=samples, seed=seed, progress=not quiet)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}")
+    typer.echo(report.summary())
+    if not report.ok:
+        sys.stdout.flush()
+        raise typer.Exit(1)
