@@ -305,6 +305,7 @@ def _open_or_create(
                     f"{loc}: this store was rendered with different parameters ({shown}); "
                     "rerun with the same ones to resume, or add --overwrite to start over"
                 )
+            st.remove_partial_files(loc)  # left by a writer killed mid-write
             return
     elif existing is None and not loc.is_empty():
         raise StoreError(

@@ -18,6 +18,7 @@ projects: random access by index, picklable, and safe in forked or spawned DataL
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -258,7 +259,9 @@ def create_store(
     """
     import zarr
 
-    group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="w")
+    # Not mode "w": zarr would delete and recreate the folder, and with it the render's lock
+    # (held on the folder itself). The caller has emptied it with clear_store.
+    group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="w-")
     comp = compressors(codec)
     n_shards = -(-n // shard_size)
 
@@ -334,6 +337,23 @@ def clear_store(loc: StoreLocation) -> None:
     if fs.exists(root):
         for child in fs.ls(root, detail=False):
             fs.rm(child, recursive=True)
+
+
+def remove_partial_files(loc: StoreLocation) -> int:
+    """Delete the temporary ``*.partial`` files that zarr's local store leaves behind when a
+    writer is killed mid-write (it writes to a temporary name, then renames). Local stores only;
+    call with the render lock held. Returns how many were removed."""
+    path = loc.local_path
+    if path is None or not path.is_dir():
+        return 0
+    removed = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(".partial"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
 
 
 def read_attrs(loc: StoreLocation) -> dict[str, Any] | None:
