@@ -1,0 +1,106 @@
+"""verify: a good store passes; truncated, corrupted or missing shard files, incomplete shards and
+broken contracts are caught."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from anomalygen import store as st
+from anomalygen.errors import StoreError
+from anomalygen.render import render
+from anomalygen.verify import verify_store
+from tests.test_store import write_sources
+
+N, SIZE, SHARD = 24, 64, 8
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    src = write_sources(tmp_path_factory.mktemp("src") / "normals")
+    out = tmp_path_factory.mktemp("good") / "good.zarr"
+    render(str(out), src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture()
+def copy(good: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy.zarr"
+    shutil.copytree(good, target)
+    return target
+
+
+def _problems(path: Path, full: bool = False) -> list[str]:
+    report = verify_store(str(path), full=full)
+    assert report.ok == (not report.problems)
+    return report.problems
+
+
+def test_good_store_passes(good: Path) -> None:
+    spot = verify_store(str(good))
+    assert spot.ok, spot.problems
+    assert spot.shards_checked == 3 and 3 <= spot.samples_checked <= N
+    full = verify_store(str(good), full=True)
+    assert full.ok and full.samples_checked == N
+    assert "OK" in full.summary()
+
+
+def test_truncated_shard_is_caught_by_the_spot_check(copy: Path) -> None:
+    shard = copy / st.shard_key("image", 1, ndim=4)
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    problems = _problems(copy)
+    assert any(p.startswith("shard 1: unreadable") for p in problems), problems
+
+
+def test_corrupted_byte_is_caught_by_the_full_check(copy: Path) -> None:
+    shard = copy / st.shard_key("mask", 2, ndim=3)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01  # one bit, inside some chunk's compressed data
+    shard.write_bytes(bytes(data))
+    problems = _problems(copy, full=True)
+    assert any(p.startswith("shard 2: unreadable") and "checksum" in p for p in problems), problems
+
+
+def test_missing_shard_object_is_caught(copy: Path) -> None:
+    (copy / st.shard_key("image", 0, ndim=4)).unlink()
+    problems = _problems(copy)
+    assert any("shard 0: object image/c/0/0/0/0 is missing" in p for p in problems), problems
+
+
+def test_incomplete_shard_is_reported(copy: Path) -> None:
+    zarr.open_group(str(copy), mode="r+")["done"][2] = 0
+    problems = _problems(copy)
+    assert any("1 of 3 shards are not complete (first: shard 2" in p for p in problems), problems
+
+
+def test_broken_contracts_are_reported(copy: Path) -> None:
+    group = zarr.open_group(str(copy), mode="r+")
+    images, masks = group["image"][0:SHARD], group["mask"][0:SHARD]
+    area = group["area"][:]
+    i = int(np.flatnonzero(area[:SHARD] > 0)[0])  # an anomalous sample in shard 0
+    images[i][masks[i] == 0] ^= 1  # the image no longer equals its target outside the mask
+    masks[(i + 1) % SHARD, 0, 0] = 2  # not binary
+    group["image"][0:SHARD] = images  # whole shards, as the renderer writes them
+    group["mask"][0:SHARD] = masks
+    problems = _problems(copy, full=True)
+    assert any(f"sample {i} (shard 0): image differs from its target" in p for p in problems)
+    assert any(f"sample {(i + 1) % SHARD} (shard 0): mask has values" in p for p in problems)
+
+
+def test_inconsistent_metadata_is_reported(copy: Path) -> None:
+    group = zarr.open_group(str(copy), mode="r+")
+    area = group["area"][0:SHARD]
+    area[3] += 5
+    group["area"][0:SHARD] = area
+    problems = _problems(copy)
+    assert any(p.startswith("sample 3 (shard 0): area array") for p in problems), problems
+
+
+def test_not_a_store_raises(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        verify_store(str(tmp_path / "missing.zarr"))
