@@ -98,6 +98,21 @@ def disc_image(
     return np.clip(rgb, 0, 255).astype(np.uint8), truth
 
 
+def assert_square_of(square: Square, fov: np.ndarray, size: int) -> None:
+    """``square`` is the documented bounding square of ``fov`` for an output of ``size``.
+
+    Side: the box's longer side, rounded up to a multiple of the largest power of two k with
+    k <= side / size; centre: the box's (within a pixel, the rounding split either way).
+    """
+    rows, cols = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
+    height, width = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
+    longest = max(height, width)
+    k = 2 ** max(0, int(np.log2(max(1, longest // size))))
+    assert square.side % k == 0 and longest <= square.side < longest + k
+    assert abs(square.y0 + square.side / 2 - (rows[0] + rows[-1] + 1) / 2) <= 1
+    assert abs(square.x0 + square.side / 2 - (cols[0] + cols[-1] + 1) / 2) <= 1
+
+
 def fov_row_range(rgb: np.ndarray) -> tuple[int, int, int, int]:
     fov = threshold_fov(rgb)
     rows, cols = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
@@ -392,14 +407,14 @@ def test_wrong_array_is_a_value_error() -> None:
         find_fov(np.zeros((64, 64, 3), np.float32))
 
 
-def test_big_photographs_get_a_fast_square(fundus_128: np.ndarray) -> None:
+def test_big_photographs_get_a_square_that_halves_exactly() -> None:
     rgb = cv2.resize(make_fundus(200, seed=6), (331, 317), interpolation=cv2.INTER_LINEAR)
     size = 64
     p = prepare_fundus(rgb, size=size, clahe=False)
     y0, x0, y1, x1 = fov_row_range(rgb)
     longest = max(y1 - y0, x1 - x0)
-    k = longest // size
-    assert p.square.side % k == 0 and 0 <= p.square.side - longest < k + 2
+    assert longest // size == 4  # so the side is rounded up to a multiple of 4
+    assert p.square.side % 4 == 0 and 0 <= p.square.side - longest < 4 + 2
     check_prepared(p, size)
 
 
@@ -423,6 +438,7 @@ def test_fov_of_random_discs(h, w, radius_frac, dy, dx, colour, glow, seed) -> N
     assert is_one_filled_blob(fov)  # the black lesion inside is not a hole
     p = prepare_fundus(rgb, size=32)
     check_prepared(p, 32)
+    assert_square_of(p.square, fov, 32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,7 +508,9 @@ def test_apply_square_nearest_samples_pixel_centres() -> None:
     assert out[:, 0].tolist() == [10 + (3 * i + 1) for i in range(20)]  # centre of each 3-block
 
 
-@pytest.mark.parametrize("square", [Square(-40, -13, 400), Square(7, 3, 256), Square(-3, 50, 201)])
+@pytest.mark.parametrize(
+    "square", [Square(-40, -13, 400), Square(7, 3, 256), Square(-3, 50, 201), Square(5, -7, 384)]
+)
 def test_two_stage_shrink_matches_a_single_resize(square: Square) -> None:
     rng = np.random.default_rng(1)
     img = cv2.GaussianBlur(rng.integers(0, 256, (300, 330, 3)).astype(np.uint8), (0, 0), 3)
@@ -566,6 +584,8 @@ def test_real_photographs_fov_at_full_resolution(shared_data: Path, relative: st
     fov = find_fov(rgb, name=relative)
     assert fov.shape == rgb.shape[:2]
     assert iou(fov, threshold_fov(rgb)) > 0.98
+    # The square, found on a coarse grid and refined on strips, is exactly that of this mask.
+    assert_square_of(prepare_fundus(rgb, size=256).square, fov, 256)
 
 
 @pytest.mark.parametrize("image_id", sorted(IDRID_IMAGES))
