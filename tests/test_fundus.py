@@ -56,7 +56,8 @@ def is_one_filled_blob(mask: np.ndarray) -> bool:
 
 
 def threshold_fov(rgb: np.ndarray, threshold: int = 25) -> np.ndarray:
-    """Reference FOV at full resolution: max(R,G,B) > threshold, largest region, holes filled."""
+    """Reference FOV at full resolution: 3x3 median of max(R, G, B) > a fixed threshold, largest
+    region, holes filled."""
     bright = cv2.medianBlur(np.ascontiguousarray(rgb.max(axis=2)), 3) > threshold
     labels, _ = ndi.label(bright, structure=np.ones((3, 3)))
     sizes = np.bincount(labels.ravel())
@@ -113,7 +114,8 @@ def assert_square_of(square: Square, fov: np.ndarray, size: int) -> None:
     assert abs(square.x0 + square.side / 2 - (cols[0] + cols[-1] + 1) / 2) <= 1
 
 
-def fov_row_range(rgb: np.ndarray) -> tuple[int, int, int, int]:
+def reference_bbox(rgb: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1), end exclusive, of :func:`threshold_fov`."""
     fov = threshold_fov(rgb)
     rows, cols = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
@@ -323,7 +325,7 @@ def test_fov_matches_the_synthetic_disc(cut: bool, width_ratio: float) -> None:
 
 def test_cut_circle_is_padded_to_a_square() -> None:
     rgb = make_fundus(96, seed=4, cut=True, width_ratio=1.25)  # disc cut at top and bottom
-    y0, x0, y1, x1 = fov_row_range(rgb)
+    y0, x0, y1, x1 = reference_bbox(rgb)
     assert (y0, y1) == (int(96 * 0.04), 96 - int(96 * 0.04))  # cut by the black bands
     p = prepare_fundus(rgb, size=64)
     assert abs(p.square.side - (x1 - x0)) <= 1  # the side is the disc's width
@@ -411,7 +413,7 @@ def test_big_photographs_get_a_square_that_halves_exactly() -> None:
     rgb = cv2.resize(make_fundus(200, seed=6), (331, 317), interpolation=cv2.INTER_LINEAR)
     size = 64
     p = prepare_fundus(rgb, size=size, clahe=False)
-    y0, x0, y1, x1 = fov_row_range(rgb)
+    y0, x0, y1, x1 = reference_bbox(rgb)
     longest = max(y1 - y0, x1 - x0)
     assert longest // size == 4  # so the side is rounded up to a multiple of 4
     assert p.square.side % 4 == 0 and 0 <= p.square.side - longest < 4 + 2
@@ -567,7 +569,7 @@ def test_real_photographs_prepare(shared_data: Path, relative: str) -> None:
     check_prepared(p, 256)
     # A full disc covers pi/4 = 0.785 of its square, HRF's cut discs about 0.65.
     assert 0.55 < p.fov.mean() < 0.82
-    y0, x0, y1, x1 = fov_row_range(rgb)
+    y0, x0, y1, x1 = reference_bbox(rgb)
     slack = 12  # IDRiD's glow around the disc is brighter than the reference threshold
     assert abs(p.square.side - max(y1 - y0, x1 - x0)) <= slack
     if Path(relative).name.startswith("HRF"):  # cut at top and bottom: side = disc width
