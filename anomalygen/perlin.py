@@ -4,11 +4,12 @@ The paper makes the lesion shape by thresholding Perlin noise of the crop's size
 parameters, so the defaults follow DRAEM (Zavrtanik et al., 2021): per-axis periods 2**0..2**5
 across the noise, threshold 0.5, the noise rotated by a random angle.
 
-Reproducibility: every random choice is an integer draw from the caller's
-``numpy.random.Generator`` (gradient directions, scales, orientation) and the noise itself uses
-only +, -, *, floor and table look-ups on float64, which IEEE 754 rounds identically everywhere.
-Gradient and rotation directions come from fixed tables of literal constants, never from libm
-``sin``/``cos`` of random angles, so a mask is bit-identical across platforms for the same draws.
+Reproducibility: every random choice comes from the caller's ``numpy.random.Generator``
+(gradient directions, scales, orientation), and the noise itself uses only +, -, *, /, floor and
+table look-ups (float64 coordinates, float32 values), which IEEE 754 rounds identically
+everywhere. Gradient and rotation directions come from fixed tables of literal constants, never
+from libm ``sin``/``cos`` of random angles, so the noise is bit-identical across platforms for the
+same draws (turned noise: see :func:`perlin_noise`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from anomalygen.errors import ConfigError
@@ -41,8 +43,7 @@ GRADIENTS = _DIRECTIONS  # (16, 2) as (dy, dx); index k is the direction k * 22.
 ROTATIONS = _DIRECTIONS[:8]  # (cos, sin) of k * 22.5 degrees, k = 0..7: half a turn
 # float32 gradient components, pre-scaled by sqrt(2) (DRAEM's output scale; the noise is linear
 # in the gradients, so scaling them scales P_n).
-_GY = (GRADIENTS[:, 0] * _SQRT2).astype(np.float32)
-_GX = (GRADIENTS[:, 1] * _SQRT2).astype(np.float32)
+_GYX = (np.concatenate([GRADIENTS[:, 0], GRADIENTS[:, 1]]) * _SQRT2).astype(np.float32)
 
 
 def _fade(t: np.ndarray) -> np.ndarray:
@@ -50,17 +51,41 @@ def _fade(t: np.ndarray) -> np.ndarray:
     return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
 
 
-@functools.lru_cache(maxsize=4096)
-def _axis(n: int, period: float) -> tuple[np.ndarray, ...]:
-    """Per-axis lattice data for n pixel centres at (k + 0.5) / period, k = 0..n-1: cell index i,
-    offsets (f, f - 1) and fade weight t. Cached (crop sides and periods repeat), read-only."""
+def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
+@functools.lru_cache(maxsize=1024)  # small: a few arrays of n <= a few hundred per entry
+def _rows(n: int, period: float) -> tuple[np.ndarray, ...]:
+    """Lattice data along y for n pixel centres at (k + 0.5) / period: the cell row of each
+    pixel, then the row below ((2n,) stacked), the offsets f_u and f_u - 1 ((2n, 1) stacked)
+    and the fade weight t_u ((n, 1)). Cached (crop sides and periods repeat), read-only."""
     u = (np.arange(n, dtype=np.float64) + 0.5) / period
     i = np.floor(u).astype(np.intp)
     f = (u - i).astype(np.float32)
-    out = (i, np.concatenate([i, i + 1]), f, np.concatenate([f, f - 1.0]), f - 1.0, _fade(f))
-    for a in out:
-        a.flags.writeable = False
-    return out
+    return _frozen(
+        np.concatenate([i, i + 1]), np.concatenate([f, f - 1.0])[:, None], _fade(f)[:, None]
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _cols(n: int, period: float) -> tuple[np.ndarray, ...]:
+    """Lattice data along x, laid out for one gather of [g_y(i_v) | g_x(i_v) | g_y(i_v + 1) |
+    g_x(i_v + 1)]: the lattice column of each of the 4n entries, the table offset (0 for g_y,
+    16 for g_x in _GYX), the factor (1 for g_y, f_v or f_v - 1 for g_x) and the fade weight t_v
+    repeated for [My | Mx]. Cached, read-only."""
+    v = (np.arange(n, dtype=np.float64) + 0.5) / period
+    i = np.floor(v).astype(np.intp)
+    f = (v - i).astype(np.float32)
+    one = np.ones(n, np.float32)
+    k = len(GRADIENTS)
+    cols = np.concatenate([i, i, i + 1, i + 1])
+    offset = np.repeat(np.array([0, k, 0, k], dtype=np.intp), n)
+    factor = np.concatenate([one, f, one, f - 1.0])
+    t = _fade(f)
+    return _frozen(cols, offset, factor, np.concatenate([t, t]))
 
 
 def _grid_noise(
@@ -75,31 +100,25 @@ def _grid_noise(
         My[r, x] = sum_b B_b * g_y[r, i_v + b],  Mx[r, x] = sum_b B_b * (f_v - b) * g_x[r, i_v + b],
 
     which is the usual four-corner formula regrouped: My and Mx are (lattice rows, w), so only
-    about ten operations touch all h * w pixels.
+    about six operations touch all h * w pixels.
     """
-    iu, _, fu, _, fu1, tu = _axis(h, period_y)
-    iv, iv01, _, fv01, _, tv = _axis(w, period_x)
-    fu, fu1, tu = fu[:, None], fu1[:, None], tu[:, None]
+    rows01, fu01, tu = _rows(h, period_y)
+    cols, offset, factor, tv = _cols(w, period_x)
 
-    shape = (int(iu[-1]) + 2, int(iv[-1]) + 2)
+    shape = (int(rows01[-1]) + 1, int(cols[-1]) + 1)
     lattice = (rng.random(shape) * len(GRADIENTS)).astype(np.intp)  # uniform 0..15
-    corners = lattice[:, iv01]  # (rows, 2w): gradient indices at i_v, then at i_v + 1
-    gy = _GY[corners]
-    gx = _GX[corners] * fv01
-    M = np.empty((gy.shape[0], 2 * w), dtype=np.float32)  # [My | Mx]
-    np.subtract(gy[:, w:], gy[:, :w], out=M[:, :w])
-    M[:, :w] *= tv
-    M[:, :w] += gy[:, :w]
-    np.subtract(gx[:, w:], gx[:, :w], out=M[:, w:])
-    M[:, w:] *= tv
-    M[:, w:] += gx[:, :w]
+    g = lattice[:, cols]
+    g += offset
+    g = _GYX[g]  # (rows, 4w): [g_y(i_v) | g_x(i_v) | g_y(i_v+1) | g_x(i_v+1)]
+    g *= factor
+    M = g[:, 2 * w :] - g[:, : 2 * w]  # [My | Mx] = B_0 * (...)(i_v) + B_1 * (...)(i_v + 1)
+    M *= tv
+    M += g[:, : 2 * w]
 
-    rows0 = M[iu]  # a = 0: the lattice row above each pixel, (h, 2w)
-    rows1 = M[iu + 1]  # a = 1: the row below
-    n0 = rows0[:, :w] * fu
-    n0 += rows0[:, w:]
-    n1 = rows1[:, :w] * fu1
-    n1 += rows1[:, w:]
+    both = M[rows01]  # (2h, 2w): rows i_u (a = 0) on top, rows i_u + 1 (a = 1) below
+    n = both[:, :w] * fu01
+    n += both[:, w:]
+    n0, n1 = n[:h], n[h:]
     n1 -= n0
     n1 *= tu
     n0 += n1
@@ -124,8 +143,10 @@ def perlin_noise(
 
     ``rotation`` k in 0..7 turns the pattern by k * 22.5 degrees about the centre: the
     axis-aligned pattern (same periods in pixels) is made on the turned crop's bounding box and
-    each pixel takes the value at its turned position, rounded to the nearest grid pixel (half a
-    pixel of error at most, invisible with periods of 8 px or more).
+    each pixel takes the value at its turned position, rounded to the nearest canvas pixel by
+    ``cv2.warpAffine(INTER_NEAREST)`` (half a pixel of error at most, invisible with periods of
+    8 px or more; the warp only selects values, so platforms could differ at most where a
+    turned pixel centre falls on a rounding tie).
 
     Returns float32, scaled by sqrt(2) as DRAEM does, so values lie in about [-1, 1].
     """
@@ -146,15 +167,18 @@ def perlin_noise(
         big_h = int(np.ceil(ac * h + as_ * w)) + 1
         big_w = int(np.ceil(as_ * h + ac * w)) + 1
         grid = _grid_noise(big_h, big_w, period_y, period_x, rng)
-        py = np.arange(h, dtype=np.float64)[:, None] - (h - 1) / 2.0
-        px = np.arange(w, dtype=np.float64)[None, :] - (w - 1) / 2.0
-        yy = np.floor((c * py + (big_h - 1) / 2.0 + 0.5) - s * px).astype(np.intp)
-        xx = np.floor((s * py + (big_w - 1) / 2.0 + 0.5) + c * px).astype(np.intp)
-        np.clip(yy, 0, big_h - 1, out=yy)
-        np.clip(xx, 0, big_w - 1, out=xx)
-        yy *= big_w
-        yy += xx
-        noise = grid.take(yy)
+        # Output pixel (y, x) takes the canvas pixel nearest to its turned position; the map
+        # from output to canvas coordinates (x first, as OpenCV wants it) turns about both
+        # centres. A nearest-neighbour warp only selects values, it computes none.
+        cy, cx, gy, gx = (h - 1) / 2.0, (w - 1) / 2.0, (big_h - 1) / 2.0, (big_w - 1) / 2.0
+        to_canvas = np.array([[c, s, gx - c * cx - s * cy], [-s, c, gy + s * cx - c * cy]])
+        noise = cv2.warpAffine(
+            grid,
+            to_canvas,
+            (w, h),
+            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
     return noise
 
 
