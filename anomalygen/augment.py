@@ -11,8 +11,8 @@ Each operation is one small pure function in the style of albumentations' functi
 
 ``img`` is (H, W, 3) uint8 RGB and is never modified; ``params`` is the op's frozen dataclass of
 ranges; ``applied`` holds the values drawn, as JSON-compatible Python numbers, for the sample's
-metadata. Everything is 8-bit OpenCV work (``cv2.LUT``, ``cv2.cvtColor``) or exact integer
-arithmetic; there is no per-pixel Python. Transcendental functions (gamma's power) are only
+metadata. Everything is 8-bit OpenCV work (``cv2.LUT``, ``cv2.cvtColor``, an exact
+``cv2.filter2D``); there is no per-pixel Python. Transcendental functions (gamma's power) are only
 evaluated on 256-entry tables in float64, so platforms agree on every output byte except where a
 value lands within one ulp of a rounding tie.
 """
@@ -37,7 +37,8 @@ def _check_range(name: str, rng_: tuple[float, float], lo: float, hi: float) -> 
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
-    return float(rng.uniform(bounds[0], bounds[1]))
+    # What rng.uniform(low, high) computes, without its per-call overhead.
+    return float(bounds[0] + (bounds[1] - bounds[0]) * rng.random())
 
 
 def _lut3(tables: np.ndarray) -> np.ndarray:
@@ -63,20 +64,20 @@ class SharpenParams:
 
 
 def sharpen(img: np.ndarray, rng: np.random.Generator, params: SharpenParams) -> tuple:
-    """imgaug's Sharpen, in exact fixed-point arithmetic (weights in 1/256 steps).
+    """imgaug's Sharpen as one exact ``cv2.filter2D`` (borders reflected, OpenCV's default).
 
-    With centre weight 1 + alpha * (7 + L) and -alpha on the 8 neighbours, the output is
-    (1 + alpha * (8 + L)) * x - alpha * box3x3(x). The 3x3 sum is exact in int32, so the result
-    does not depend on OpenCV's SIMD paths. Borders are reflected (OpenCV's default).
+    The kernel has centre weight 1 + alpha * (7 + L) and -alpha on the 8 neighbours. Both are
+    rounded to multiples of 1/256 (k and a below), so every product and partial sum is a
+    multiple of 1/256 below 2**13 and float32 holds it exactly: the result, rounded half to even
+    and saturated by OpenCV, does not depend on summation order or SIMD path.
     """
     alpha = _uniform(rng, params.alpha)
     lightness = _uniform(rng, params.lightness)
     a = round(alpha * 256)
-    k = round((1.0 + alpha * (8.0 + lightness)) * 256)
-    x = img.astype(np.int32)
-    box = cv2.boxFilter(img, cv2.CV_32S, (3, 3), normalize=False)
-    out = (k * x - a * box + 128) >> 8
-    return np.clip(out, 0, 255).astype(np.uint8), {"alpha": alpha, "lightness": lightness}
+    k = round((1.0 + alpha * (7.0 + lightness)) * 256)
+    kernel = np.full((3, 3), -a / 256, dtype=np.float32)
+    kernel[1, 1] = k / 256
+    return cv2.filter2D(img, -1, kernel), {"alpha": alpha, "lightness": lightness}
 
 
 # --- solarizing -----------------------------------------------------------------------------
@@ -219,17 +220,14 @@ def autocontrast(img: np.ndarray, rng: np.random.Generator, params: Autocontrast
     cutoff = _uniform(rng, params.cutoff)
     n = img.shape[0] * img.shape[1]
     cut = n * cutoff / 100.0
-    tables = np.empty((3, 256))
-    for c in range(3):
-        hist = cv2.calcHist([img], [c], None, [256], [0, 256]).ravel()
-        cum = np.cumsum(hist)
-        low = int(np.searchsorted(cum, cut, side="right"))  # first level with cum > cut
-        high = int(np.searchsorted(cum, n - cut, side="left"))  # first level with cum >= n - cut
-        low, high = min(low, 255), min(high, 255)
-        if high <= low:  # flat channel: leave it
-            tables[c] = _LEVELS
-        else:
-            tables[c] = (_LEVELS - low) * (255.0 / (high - low))
+    hist = np.stack([cv2.calcHist([img], [c], None, [256], [0, 256]).ravel() for c in range(3)])
+    cum = hist.cumsum(axis=1)
+    low = (cum > cut).argmax(axis=1)  # first level with more than `cut` pixels at or below
+    high = (cum >= n - cut).argmax(axis=1)  # first level with at most `cut` pixels above
+    span = high - low
+    flat = span <= 0  # a flat channel is left as it is
+    scale = np.where(flat, 1.0, 255.0 / np.maximum(span, 1))
+    tables = (_LEVELS[None, :] - np.where(flat, 0, low)[:, None]) * scale[:, None]
     return cv2.LUT(img, _lut3(tables)), {"cutoff": cutoff}
 
 

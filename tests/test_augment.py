@@ -100,6 +100,20 @@ def test_sharpen_without_strength_is_identity(crop: np.ndarray) -> None:
     assert np.array_equal(out, crop)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_sharpen_is_exact_fixed_point(seed: int) -> None:
+    """out = round_half_even((k * x - a * sum of 8 neighbours) / 256), k, a integers."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (int(rng.integers(3, 50)), int(rng.integers(3, 50)), 3), np.uint8)
+    out, applied = A.sharpen(img, np.random.default_rng(seed), DEFAULTS.sharpen)
+    a = round(applied["alpha"] * 256)
+    k = round((1 + applied["alpha"] * (7 + applied["lightness"])) * 256)
+    x = img.astype(np.int64)
+    neighbours = cv2.boxFilter(img, cv2.CV_32S, (3, 3), normalize=False) - x
+    ref = np.clip(np.rint((k * x - a * neighbours) / 256), 0, 255)
+    assert np.array_equal(out, ref.astype(np.uint8))
+
+
 def test_sharpen_matches_the_imgaug_kernel(crop: np.ndarray) -> None:
     params = A.SharpenParams(alpha=(1.0, 1.0), lightness=(1.5, 1.5))
     out, applied = A.sharpen(crop, np.random.default_rng(0), params)
