@@ -49,6 +49,17 @@ def test_weights_lie_in_alpha_to_one(P: np.ndarray, alpha: float) -> None:
         np.testing.assert_allclose(W[P == 0], alpha, rtol=1e-6, atol=1e-7)
 
 
+@settings(max_examples=40, deadline=None)
+@given(P=masks)
+def test_weights_on_the_bounding_box_equal_weights_on_the_crop(P: np.ndarray) -> None:
+    """The generator computes W on P's tight bounding box only; that must change nothing."""
+    if not P.any():
+        return
+    rows, cols = np.flatnonzero(P.any(axis=1)), np.flatnonzero(P.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    assert np.array_equal(distance_weights(P[box], 0.7), distance_weights(P, 0.7)[box])
+
+
 def test_weights_follow_eq3() -> None:
     P = np.zeros((9, 11), np.uint8)
     P[1:8, 2:9] = 1
