@@ -2,19 +2,21 @@
 
 For each lesion the generator
 
-1. draws a crop size (log-uniform fraction of the image side) and cuts C_s from the source image
-   at a random place inside the source's field of view (FOV);
-2. applies three distinct operations from the augmentation pool to C_s;
-3. makes the Perlin mask P of the crop's size;
-4. picks a crop C_t of the target at a random place inside the target's FOV (P is ANDed with the
-   FOV there, so a lesion never leaves the retina);
+1. draws a crop size (log-uniform fraction of the image side) and a place for the source crop
+   C_s inside the source's field of view (FOV);
+2. makes the Perlin mask P of the crop's size;
+3. picks the place of the target crop C_t inside the target's FOV (P is ANDed with the FOV
+   there, so a lesion never leaves the retina);
+4. applies three distinct operations from the augmentation pool to C_s;
 5. fuses C_s into C_t with the distance weights W (self-mix, Eqs. 3 and 4) and writes the result
    into the synthetic image I_G and P into the mask M_G.
 
-The paper augments the whole source image and then cuts C_s; we cut first and augment only the
-crop. Every operation but auto-contrast is pointwise or 3x3-local, so the crop's pixels are the
-same either way (auto-contrast stretches the crop's own range, which makes stronger lesions);
-the gain is speed: no full-image work except the one copy of the target.
+The paper augments the whole source image and then cuts C_s. We cut first and do all per-pixel
+work (augmentation, W, fusion) on P's bounding box inside the crop, which is all that can
+change: no full-image work except the one copy of the target. Every operation but
+auto-contrast is pointwise or 3x3-local (the box is widened by a pixel for those), so the
+lesion's pixels are the same as with whole-image augmentation; auto-contrast stretches the
+lesion region's own range, which makes somewhat stronger lesions.
 
 All randomness comes from the ``numpy.random.Generator`` passed in; :func:`sample_rng` is THE
 definition of the generator for sample ``index`` of a render seeded with ``seed``, so a sample
@@ -27,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import cv2
 import numpy as np
 
 from anomalygen.augment import AugmentConfig, augment
@@ -54,11 +57,13 @@ class GeneratorConfig:
     # Probability that a sample stays normal (empty mask, image == target). DRAEM: 0.5.
     p_normal: float = 0.5
     # Crop side as a fraction of the image side, drawn log-uniformly. Ours: real lesions range
-    # from microaneurysms of a few pixels to haemorrhages about a tenth of the disc across.
-    # At 768 px this gives crops of 12-154 px; the Perlin blobs inside fill part of the crop,
-    # so lesions span from about 3 px (microaneurysm) to about 100 px (large haemorrhage or
-    # exudate cluster); log-uniform because small lesions are the common ones.
-    crop_size: tuple[float, float] = (0.015, 0.2)
+    # from microaneurysms of a few pixels to haemorrhages about a tenth of the FOV disc across
+    # (~77 px at 768). A Perlin mask at threshold 0.5 covers ~5% of its crop and its largest
+    # blob spans ~0.3 of the crop side (median; up to the whole side for streaks; measured).
+    # At 768 px, crops of 12-192 px thus give lesions from 2-5 px (microaneurysms) up to about
+    # 55 px (median) at the largest crops and over 100 px in their tail (large haemorrhages,
+    # exudate clusters). Log-uniform because small lesions are the common ones.
+    crop_size: tuple[float, float] = (0.015, 0.25)
     # Crop height/width ratio, drawn log-uniformly (ours: mildly elongated crops; the Perlin
     # mask adds the shape diversity).
     aspect: tuple[float, float] = (0.5, 2.0)
@@ -167,19 +172,20 @@ def _place(
     """Top-left corner of an (h, w) box in an image of ``shape``: uniform over positions whose box
     lies fully inside ``fov``; after ``tries`` misses, the tried position with most FOV pixels."""
     (H, W), (h, w) = shape, size
-    best = (-1, 0, 0)
+    tried = []
     for _ in range(tries):
         # floor(n * u): uniform over 0..n-1 up to 2**-53 bias, and 6x cheaper than rng.integers
         y0 = int(rng.random() * (H - h + 1))
         x0 = int(rng.random() * (W - w + 1))
         if fov is None:
             return y0, x0
-        covered = int(np.count_nonzero(fov[y0 : y0 + h, x0 : x0 + w]))
-        if covered == h * w:
-            return y0, x0
-        if covered > best[0]:
-            best = (covered, y0, x0)
-    return best[1], best[2]
+        y1, x1 = y0 + h - 1, x0 + w - 1
+        if fov[y0, x0] and fov[y0, x1] and fov[y1, x0] and fov[y1, x1]:  # cheap rejection first
+            if np.count_nonzero(fov[y0 : y1 + 1, x0 : x1 + 1]) == h * w:
+                return y0, x0
+        tried.append((y0, x0))
+    coverage = [np.count_nonzero(fov[y : y + h, x : x + w]) for y, x in tried]
+    return tried[int(np.argmax(coverage))]  # the first of the best
 
 
 def _tile_to(texture: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -230,14 +236,16 @@ class AnomalyGenerator:
         if rng.random() < cfg.p_normal:
             return SyntheticSample(image, mask, {"normal": True, "area": 0, "lesions": []})
 
-        lesions = []
+        lesions, area = [], 0  # area counted lesion by lesion: no full-image pass
         for _ in range(int(rng.integers(cfg.lesions[0], cfg.lesions[1] + 1))):
-            lesion = self._lesion(image, mask, source, rng, fov, source_fov)
-            if lesion is not None:
-                lesions.append(lesion)
+            made = self._lesion(image, mask, source, rng, fov, source_fov)
+            if made is not None:
+                lesions.append(made[0])
+                area += made[1]
         if not lesions:  # every lesion fell outside a small or ragged FOV
-            lesions.append(self._anchored_lesion(image, mask, source, rng, fov, source_fov))
-        meta = {"normal": False, "area": int(np.count_nonzero(mask)), "lesions": lesions}
+            lesion, area = self._anchored_lesion(image, mask, source, rng, fov, source_fov)
+            lesions.append(lesion)
+        meta = {"normal": False, "area": area, "lesions": lesions}
         return SyntheticSample(image, mask, meta)
 
     def _lesion(
@@ -249,10 +257,11 @@ class AnomalyGenerator:
         fov: np.ndarray | None,
         source_fov: np.ndarray | None,
         anchor: tuple[int, int] | None = None,
-    ) -> dict | None:
+    ) -> tuple[dict, int] | None:
         """Make one lesion and write it into ``image`` and ``mask`` (our own arrays).
 
-        Returns its metadata, or None if P does not meet the target FOV. With ``anchor`` (a FOV
+        Returns its metadata and the number of mask pixels it newly set, or None if P does not
+        meet the target FOV. With ``anchor`` (a FOV
         pixel) the crop has the minimum size, is centred on the anchor and P keeps that pixel.
         """
         cfg = self.config
@@ -266,15 +275,12 @@ class AnomalyGenerator:
         else:
             h, w = min(MIN_CROP_PX, limit[0]), min(MIN_CROP_PX, limit[1])
 
-        # C_s: a crop of the source (inside its FOV), then three augmentations of the crop only.
+        # Where C_s comes from (inside the source FOV) and where C_t goes (inside the target FOV).
         if cfg.source == "texture":
             source = _tile_to(source, h, w)
             sy, sx = _place(None, source.shape[:2], (h, w), rng, 1)
         else:
             sy, sx = _place(source_fov, source.shape[:2], (h, w), rng, cfg.placement_tries)
-        C_s, ops = augment(source[sy : sy + h, sx : sx + w], rng, cfg.augment)
-
-        # P, and where the lesion goes in the target (inside its FOV).
         if cfg.mask == "perlin":
             P = perlin_mask((h, w), rng, cfg.perlin)
         else:
@@ -284,27 +290,42 @@ class AnomalyGenerator:
         else:
             ty = min(max(anchor[0] - h // 2, 0), H - h)
             tx = min(max(anchor[1] - w // 2, 0), W - w)
-        region = (slice(ty, ty + h), slice(tx, tx + w))
         if fov is not None:
-            P = P & (fov[region] != 0).view(np.uint8)
+            P = P & (fov[ty : ty + h, tx : tx + w] != 0).view(np.uint8)
         if anchor is not None:
             P[anchor[0] - ty, anchor[1] - tx] = 1
         if not P.any():
             return None
 
+        # Only P's bounding box (y0:y1, x0:x1 in the crop) can change, so the per-pixel work is
+        # done there: W on the box equals W on the whole crop (the ring around a tight box is
+        # background, and the nearest background pixel is never farther out), and C_s is
+        # augmented on the box widened by one pixel so that 3x3 operations see real neighbours.
+        bx, by, bw, bh = cv2.boundingRect(P)
+        y0, x0, y1, x1 = by, bx, by + bh, bx + bw
+        ay0, ax0, ay1, ax1 = max(y0 - 1, 0), max(x0 - 1, 0), min(y1 + 1, h), min(x1 + 1, w)
+        window = source[sy + ay0 : sy + ay1, sx + ax0 : sx + ax1]
+        augmented, ops = augment(window, rng, cfg.augment)
+        C_s = augmented[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
+        P = P[y0:y1, x0:x1]
+
         # Fuse C_s into C_t (Eq. 4) and record C_m = P in M_G.
+        region = (slice(ty + y0, ty + y1), slice(tx + x0, tx + x1))
         C_t = image[region]
         if cfg.blend == "selfmix":
             image[region] = self_mix(C_s, C_t, P, distance_weights(P, cfg.alpha))
         else:
             image[region] = paste(C_s, C_t, P)
+        before = int(np.count_nonzero(mask[region]))
         mask[region] |= P
-        return {
+        added = int(np.count_nonzero(mask[region])) - before
+        meta = {
             "target_box": [ty, tx, ty + h, tx + w],
-            "source_box": [int(sy), int(sx), int(sy) + h, int(sx) + w],
+            "source_box": [sy, sx, sy + h, sx + w],
             "ops": ops,
             "area": int(np.count_nonzero(P)),
         }
+        return meta, added
 
     def _anchored_lesion(
         self,
@@ -314,15 +335,15 @@ class AnomalyGenerator:
         rng: np.random.Generator,
         fov: np.ndarray | None,
         source_fov: np.ndarray | None,
-    ) -> dict:
+    ) -> tuple[dict, int]:
         """Fallback when no lesion met the FOV: a minimum-size lesion on a random FOV pixel."""
         inside = np.flatnonzero(fov) if fov is not None else np.arange(mask.size)
         if inside.size == 0:
             raise ImageError("fov: the target's field of view is empty; no lesion can be placed")
         anchor = divmod(int(inside[int(rng.integers(inside.size))]), mask.shape[1])
-        lesion = self._lesion(image, mask, source, rng, fov, source_fov, anchor=anchor)
-        assert lesion is not None  # P keeps the anchor pixel, which lies in the FOV
-        return lesion
+        made = self._lesion(image, mask, source, rng, fov, source_fov, anchor=anchor)
+        assert made is not None  # P keeps the anchor pixel, which lies in the FOV
+        return made
 
     def _crop_size(
         self, rng: np.random.Generator, side: int, limit: tuple[int, int]
