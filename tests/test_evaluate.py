@@ -1,0 +1,265 @@
+"""evaluate: the paper's metrics on generated layouts and idrid-mini, with tiny detectors.
+
+Two kinds of detector: a tiny untrained ReSynthDetect (the real forward pass, 64 px), and an
+"oracle" that marks blue pixels, where the generated abnormal photographs have blue lesions, so
+that metrics must come out near 1 (or near 0 when inverted): that catches swapped labels, masks
+or FOV handling that random networks would hide.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from anomalygen.errors import AnomalygenError, ConfigError
+from resynth_models.datasets import eyeq_items, folder_items, idrid_items, load_item
+from resynth_models.evaluate import anomaly_maps, evaluate, prefetch, resolve_device
+from resynth_models.networks import NetworkConfig, build_model
+from tests.synthetic import make_fundus
+
+SIZE = 64
+
+
+class TinyDetector:
+    """A Detector (resynth_models.checkpoint contract) around a tiny untrained network."""
+
+    scoring = "localization"
+
+    def __init__(self, size: int = SIZE, clahe: bool = True, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.model = build_model(NetworkConfig(rec_width=4, rec_depth=3, loc_width=4, loc_depth=3))
+        self.model.eval()
+        self.size, self.clahe = size, clahe
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.anomaly_map(x)
+
+
+class BlueOracle:
+    """Probability = how much bluer than red a pixel is: the painted lesions, nothing else."""
+
+    scoring = "localization"
+
+    def __init__(self, size: int = SIZE, invert: bool = False) -> None:
+        self.size, self.clahe, self.invert = size, False, invert
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        p = (x[:, 2] - x[:, 0]).clamp(0, 1)
+        return 1 - p if self.invert else p
+
+
+def _save(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+
+
+def _lesioned(seed: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic fundus with a blue square lesion, and its mask (0/255)."""
+    rgb = make_fundus(size, seed)
+    mask = np.zeros((size, size), np.uint8)
+    y, x = 30 + 5 * seed, 36 + 3 * seed
+    mask[y : y + 12, x : x + 12] = 255
+    rgb[mask > 0] = (20, 40, 230)
+    return rgb, mask
+
+
+@pytest.fixture()
+def folder_layout(tmp_path: Path) -> Path:
+    """normal/ (3), abnormal/ (3 with blue lesions + 1 corrupt file) and masks/."""
+    root = tmp_path / "set"
+    for k in range(3):
+        _save(root / "normal" / f"n{k}.png", make_fundus(96 + 8 * k, 10 + k))
+        rgb, mask = _lesioned(k)
+        _save(root / "abnormal" / f"a{k}.png", rgb)
+        _save(root / "masks" / f"a{k}.png", mask)
+    (root / "abnormal" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    _save(root / "masks" / "broken.png", np.zeros((96, 96), np.uint8))
+    return root
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _in_unit(value: float | None) -> bool:
+    return value is not None and 0.0 <= value <= 1.0
+
+
+def test_folder_layout_outputs_and_bad_image(folder_layout: Path, tmp_path: Path) -> None:
+    eval_set = folder_items(folder_layout)
+    out = tmp_path / "eval"
+    messages: list[str] = []
+    result = evaluate(TinyDetector(), eval_set, out, batch_size=2, progress=False,
+                      log=messages.append, workers=2)  # fmt: skip
+    for name in ("metrics.json", "metrics.md", "per_image.csv"):
+        assert (out / name).is_file()
+    # the corrupt file: reported (name + reason) and skipped, the rest scored
+    assert [s["name"] for s in result.skipped] == ["abnormal/broken.jpg"]
+    assert result.skipped[0]["reason"]
+    assert any("broken.jpg" in m for m in messages)
+    rows = _read_csv(out / "per_image.csv")
+    assert sorted(r["file"] for r in rows) == sorted(
+        [f"normal/n{k}.png" for k in range(3)] + [f"abnormal/a{k}.png" for k in range(3)]
+    )
+    for row in rows:
+        assert 0.0 <= float(row["score"]) <= float(row["max_prob"]) <= 1.0
+        assert 0.0 <= float(row["area_above_threshold"]) <= 1.0
+        assert (row["pixel_aupr"] != "") == row["file"].startswith("abnormal/")
+        assert (row["label"] == "1") == row["file"].startswith("abnormal/")
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["format"] == "resynth-evaluation" and data["n_scored"] == 6
+    assert data["skipped"][0]["name"] == "abnormal/broken.jpg"
+    assert _in_unit(data["image_level"]["auroc"])
+    pixel = data["pixel_level"]
+    for key in ("auroc", "aupr", "balanced_accuracy", "best_balanced_accuracy", "best_threshold"):
+        assert _in_unit(pixel[key]), key
+    assert pixel["threshold"] == 0.5
+    md = (out / "metrics.md").read_text()
+    assert "| AUROC | ACC | AUPR |" in md and "0.931" in md  # Table 2 layout + paper's row
+    assert "broken.jpg" in md
+    # overlays: best and worst of the three images with lesions, each shown once
+    pngs = sorted(p.name for p in (out / "overlays").glob("*.png"))
+    assert len(pngs) == 3 and any(p.startswith("best_01_") for p in pngs)
+    assert any(p.startswith("worst_01_") for p in pngs)
+    assert len(data["overlays"]) == 3
+
+
+def test_pixel_metrics_match_sklearn_on_the_fov(folder_layout: Path) -> None:
+    """The streamed pixel metrics equal scikit-learn on the FOV pixels of the same maps."""
+    detector = TinyDetector()
+    eval_set = folder_items(folder_layout)
+    result = evaluate(detector, eval_set, None, batch_size=3, progress=False)
+    scores, truth = [], []
+    for item in eval_set:
+        if item.name.endswith("broken.jpg"):
+            continue
+        prepared, mask = load_item(item, SIZE, True)
+        prob = anomaly_maps(detector, [prepared.image], torch.device("cpu"))[0]
+        fov = prepared.fov.astype(bool)
+        scores.append(prob[fov])
+        truth.append(mask[fov])
+    s, y = np.concatenate(scores), np.concatenate(truth)
+    assert result.pixel_level["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-4)
+    assert result.pixel_level["aupr"] == pytest.approx(average_precision_score(y, s), abs=1e-4)
+    assert result.pixel_level["n_pixels"] == s.size
+
+
+def test_oracle_gives_perfect_scores_and_inverse_gives_poor(folder_layout: Path) -> None:
+    eval_set = folder_items(folder_layout)
+    good = evaluate(BlueOracle(), eval_set, None, progress=False)
+    assert good.image_level["auroc"] == 1.0
+    assert good.pixel_level["auroc"] > 0.98 and good.pixel_level["aupr"] > 0.8
+    assert good.pixel_level["best_balanced_accuracy"] > 0.95
+    per_image = {r.name: r for r in good.images}
+    assert per_image["abnormal/a0.png"].pixel_aupr > 0.8
+    assert per_image["normal/n0.png"].pixel_aupr is None
+    bad = evaluate(BlueOracle(invert=True), eval_set, None, progress=False)
+    assert bad.pixel_level["auroc"] < 0.05
+
+
+def test_eyeq_table1_and_heatmap_overlays(tmp_path: Path) -> None:
+    folder = tmp_path / "eyeq"
+    rows = [("0_left.jpeg", 0, 0), ("0_right.jpeg", 0, 0), ("1_left.jpeg", 0, 2),
+            ("1_right.jpeg", 0, 4), ("2_left.jpeg", 1, 1), ("3_left.jpeg", 0, 2)]  # fmt: skip
+    for k, (name, _, grade) in enumerate(rows):
+        rgb = _lesioned(k)[0] if grade else make_fundus(96, 20 + k)
+        _save(folder / name, rgb)
+    lines = ["image,quality,DR_grade"] + [f"{n},{q},{g}" for n, q, g in rows]
+    (folder / "Label_EyeQ_test.csv").write_text("\n".join(lines) + "\n")
+    eval_set = eyeq_items(folder)  # good quality only: 2_left.jpeg (usable) is left out
+    out = tmp_path / "out"
+    result = evaluate(BlueOracle(), eval_set, out, progress=False, n_overlays=2)
+    assert set(result.image_level) == {"0vs1", "0vs2", "0vs3", "0vs4", "0vsall"}
+    assert result.image_level["0vs1"] is None and result.image_level["0vs3"] is None
+    assert result.image_level["0vs2"] == 1.0 and result.image_level["0vsall"] == 1.0
+    assert result.pixel_level is None and "no ground-truth" in result.pixel_level_note
+    md = (out / "metrics.md").read_text()
+    assert "| 0vs1 | 0vs2 | 0vs3 | 0vs4 | 0 vs all |" in md and "n/a" in md
+    assert "0.722" in md  # the paper's Table 1 row for reference
+    rows_out = _read_csv(out / "per_image.csv")
+    assert {r["grade"] for r in rows_out} == {"0", "2", "4"}
+    kinds = {o["kind"] for o in result.overlays}
+    assert kinds <= {"best", "missed", "false-alarm"} and "best" in kinds
+    assert all((out / o["file"]).is_file() for o in result.overlays)
+
+
+def test_undefined_metrics_are_reported_not_raised(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    for k in range(2):
+        _save(root / "abnormal" / f"a{k}.png", _lesioned(k)[0])
+    out = tmp_path / "out"
+    result = evaluate(TinyDetector(), folder_items(root), out, progress=False)
+    assert result.image_level is None and "no normal" in result.image_level_note
+    assert result.pixel_level is None and "no ground-truth" in result.pixel_level_note
+    md = (out / "metrics.md").read_text()
+    assert md.count("Not computed") == 2
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["image_level"] is None and data["image_level_note"]
+
+
+def test_all_images_bad_and_bad_options(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    (root / "normal").mkdir(parents=True)
+    (root / "normal" / "x.png").write_bytes(b"nope")
+    with pytest.raises(AnomalygenError, match="no image .* could be scored"):
+        evaluate(TinyDetector(), folder_items(root), None, progress=False)
+    good = tmp_path / "good"
+    _save(good / "normal" / "n.png", make_fundus(64, 1))
+    with pytest.raises(ConfigError, match="batch-size"):
+        evaluate(TinyDetector(), folder_items(good), None, batch_size=0, progress=False)
+    with pytest.raises(ConfigError, match="threshold"):
+        evaluate(TinyDetector(), folder_items(good), None, threshold=1.5, progress=False)
+
+
+def test_nan_detector_is_an_error(tmp_path: Path) -> None:
+    class NaNDetector(BlueOracle):
+        def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full(x.shape[:1] + x.shape[2:], float("nan"))
+
+    _save(tmp_path / "normal" / "n.png", make_fundus(64, 1))
+    with pytest.raises(AnomalygenError, match="NaN"):
+        evaluate(NaNDetector(), folder_items(tmp_path), None, progress=False)
+
+
+def test_idrid_mini(shared_data: Path, tmp_path: Path) -> None:
+    eval_set = idrid_items(shared_data / "idrid-mini", split="all")
+    out = tmp_path / "idrid"
+    result = evaluate(TinyDetector(), eval_set, out, progress=False)
+    assert result.n_scored == 2 and not result.skipped
+    for key in ("auroc", "aupr", "balanced_accuracy"):
+        assert _in_unit(result.pixel_level[key])
+    assert result.pixel_level["n_lesion_pixels"] > 0
+    assert "--normal-dir" in result.pixel_level_note  # the paper's set also has normals
+    assert result.image_level is None and "--normal-dir" in result.image_level_note
+    assert len(_read_csv(out / "per_image.csv")) == 2
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+
+
+def test_prefetch_keeps_order_and_reports_errors() -> None:
+    def load(k: int) -> int:
+        if k % 3 == 0:
+            raise ValueError(f"bad {k}")
+        return k * k
+
+    got = list(prefetch(range(10), load, workers=3))
+    assert [item for item, _, _ in got] == list(range(10))
+    assert [v for k, v, e in got if e is None] == [k * k for k in range(10) if k % 3]
+    assert [str(e) for _, _, e in got if e is not None] == ["bad 0", "bad 3", "bad 6", "bad 9"]
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in {"cpu", "cuda"}
+    with pytest.raises(ConfigError, match="--device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
