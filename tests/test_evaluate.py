@@ -209,7 +209,7 @@ def test_all_images_bad_and_bad_options(tmp_path: Path) -> None:
     root = tmp_path / "set"
     (root / "normal").mkdir(parents=True)
     (root / "normal" / "x.png").write_bytes(b"nope")
-    with pytest.raises(AnomalygenError, match="no image .* could be scored"):
+    with pytest.raises(AnomalygenError, match=r"no image .* could be scored"):
         evaluate(TinyDetector(), folder_items(root), None, progress=False)
     good = tmp_path / "good"
     _save(good / "normal" / "n.png", make_fundus(64, 1))
