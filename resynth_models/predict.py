@@ -1,0 +1,279 @@
+"""Anomaly maps for new photographs: one overlay PNG per image and a CSV of scores.
+
+    detector = load_detector("runs/exp1", device)
+    result = predict(detector, ["new_photos/", "one.jpg"], "predictions", device=device)
+
+Each photograph is prepared exactly as in training (:func:`anomalygen.fundus.prepare_fundus`
+with the detector's size and CLAHE setting: crop to the field of view (FOV), resize, CLAHE), so
+the maps and overlays are in the prepared image's square frame. Outside the FOV the map is 0.
+
+Writes into ``out_dir``:
+
+- ``overlays/<name>.png``: the prepared photograph and the heat-map overlay side by side, with the
+  image score written above (``<name>`` mirrors the input's path under a given folder);
+- ``maps/<name>.png`` with ``save_maps``: the anomaly map as a 16-bit greyscale PNG,
+  probability = value / 65535;
+- ``scores.csv``: one row per photograph (see :data:`CSV_COLUMNS`).
+
+Unreadable photographs, or ones without a visible FOV, are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+import torch
+
+from anomalygen.errors import AnomalygenError, ConfigError
+from anomalygen.fundus import PreparedFundus, load_fundus
+from anomalygen.progress import Progress
+from anomalygen.sources import IMAGE_SUFFIXES, find_sources
+from resynth_models import overlay as draw
+from resynth_models.evaluate import (
+    DetectorLike,
+    anomaly_maps,
+    default_workers,
+    prefetch,
+    resolve_device,
+)
+from resynth_models.metrics import image_score
+
+__all__ = ["CSV_COLUMNS", "InputImage", "Prediction", "PredictionResult", "find_inputs", "predict"]
+
+CSV_COLUMNS = (
+    "file", "score", "max_prob", "mean_prob", "area_above_threshold", "pixels_above_threshold",
+    "fov_pixels", "overlay", "map", "path",
+)  # fmt: skip
+
+#: Rendered overlays waiting to be written, at most (bounds memory while PNG encoding lags).
+MAX_PENDING_WRITES = 8
+
+
+@dataclass(frozen=True)
+class InputImage:
+    name: str  # relative name (POSIX): the file name, or its path under a given folder
+    path: Path
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One photograph's scores (a row of ``scores.csv``)."""
+
+    name: str
+    path: str
+    score: float  # image score: mean of the 10 highest probabilities in the FOV (paper 4.1)
+    max_prob: float  # highest probability in the FOV
+    mean_prob: float  # mean probability over the FOV
+    area_above: float  # fraction of FOV pixels with probability >= threshold
+    pixels_above: int  # FOV pixels with probability >= threshold (at the prepared size)
+    fov_pixels: int
+    overlay: str  # relative to out_dir
+    map: str | None  # relative to out_dir; None without save_maps
+
+
+@dataclass
+class PredictionResult:
+    predictions: list[Prediction]
+    skipped: list[dict[str, str]]  # [{"name", "reason"}]
+    out_dir: Path
+    threshold: float
+    seconds: float = 0.0
+    device: str = "cpu"
+    files: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        rate = len(self.predictions) / self.seconds if self.seconds else 0.0
+        text = (
+            f"{len(self.predictions)} photograph(s) scored in {self.seconds:.1f} s on "
+            f"{self.device} ({rate:.2f}/s); overlays and scores.csv in {self.out_dir}"
+        )
+        if self.skipped:
+            text += f"; {len(self.skipped)} skipped"
+        return text
+
+
+def find_inputs(inputs: Sequence[str | Path]) -> list[InputImage]:
+    """Image files and folders (searched recursively) -> unique :class:`InputImage` names.
+
+    A folder's images are named by their path under it; a file by its name. Two inputs with the
+    same name get ``-2``, ``-3`` ... appended. Raises :class:`ConfigError` for a path that does
+    not exist or when nothing is found.
+    """
+    if not inputs:
+        raise ConfigError("no inputs: give image files or folders")
+    found: list[InputImage] = []
+    for entry in inputs:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            files = find_sources(path).files
+            if not files:
+                raise ConfigError(f"{entry}: no image files in this folder (searched recursively)")
+            found += [InputImage(f.name, f.path) for f in files]
+        elif path.is_file():
+            found.append(InputImage(path.name, path))
+        else:
+            raise ConfigError(f"{entry}: no such file or folder")
+    used: set[str] = set()
+    unique: list[InputImage] = []
+    for item in found:
+        name, k = item.name, 1
+        while name.lower() in used:
+            k += 1
+            stem = PurePosixPath(item.name)
+            name = str(stem.with_name(f"{stem.stem}-{k}{stem.suffix}"))
+        used.add(name.lower())
+        unique.append(InputImage(name, item.path))
+    return unique
+
+
+def _output_name(name: str) -> str:
+    """``"sub/photo.jpg" -> "sub/photo"``: the name without an image suffix (POSIX)."""
+    p = PurePosixPath(name)
+    return str(p.with_suffix("")) if p.suffix.lower() in IMAGE_SUFFIXES else name
+
+
+def prediction_panel(
+    prepared: PreparedFundus, prob: np.ndarray, name: str, score: float, threshold: float
+) -> np.ndarray:
+    """The picture written for one photograph: prepared photograph | heat map with colour bar,
+    a caption with the name and scores above."""
+    fov = prepared.fov.astype(bool)
+    heat = draw.heatmap_overlay(prepared.image, prob, fov, with_colorbar=True)
+    above = float(np.count_nonzero(prob[fov] >= threshold)) / max(1, int(fov.sum()))
+    text = (
+        f"{name}  score {score:.3f}  max {float(prob[fov].max()):.3f}  "
+        f"area >= {threshold:g}: {100 * above:.2f}%"
+    )
+    return draw.caption(draw.side_by_side([prepared.image, heat]), text)
+
+
+def predict(
+    detector: DetectorLike,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    threshold: float = 0.5,
+    save_maps: bool = False,
+    progress: bool = True,
+    *,
+    workers: int | None = None,
+    amp: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> PredictionResult:
+    """Anomaly maps, overlays and scores for the photographs in ``inputs`` (files or folders).
+
+    ``threshold`` is used for the "area above threshold" columns and the caption; ``save_maps``
+    also writes the raw map (16-bit PNG); ``workers`` loader threads read and prepare
+    photographs ahead of the network; ``amp``: bf16 autocast on CUDA.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
+    device = resolve_device(device)
+    images = find_inputs(inputs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = default_workers() if workers is None else workers
+    rows: list[Prediction] = []
+    skipped: list[dict[str, str]] = []
+    pending: list[Future] = []
+
+    def load(item: InputImage) -> PreparedFundus:
+        return load_fundus(item.path, size=detector.size, clahe=detector.clahe)
+
+    def write(path: Path, picture: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(path), picture):
+            raise AnomalygenError(f"cannot write {path}")
+
+    def draw_and_write(
+        prepared: PreparedFundus, prob: np.ndarray, row: Prediction, writer: ThreadPoolExecutor
+    ) -> None:
+        panel = prediction_panel(prepared, prob, row.name, row.score, threshold)
+        pending.append(writer.submit(write, out / row.overlay, panel[..., ::-1].copy()))
+        if row.map is not None:
+            levels = np.rint(prob * 65535.0).astype(np.uint16)
+            pending.append(writer.submit(write, out / row.map, levels))
+        while len(pending) > MAX_PENDING_WRITES:
+            pending.pop(0).result()
+
+    def score_batch(
+        batch: list[tuple[InputImage, PreparedFundus]], writer: ThreadPoolExecutor
+    ) -> None:
+        maps = anomaly_maps(detector, [p.image for _, p in batch], device, amp)
+        for (item, prepared), prob in zip(batch, maps, strict=True):
+            fov = prepared.fov.astype(bool)
+            prob[~fov] = 0.0
+            inside = prob[fov]
+            above = int(np.count_nonzero(inside >= threshold))
+            stem = _output_name(item.name)
+            row = Prediction(
+                name=item.name,
+                path=str(item.path),
+                score=image_score(prob, fov),
+                max_prob=float(inside.max()),
+                mean_prob=float(inside.mean(dtype=np.float64)),
+                area_above=above / inside.size,
+                pixels_above=above,
+                fov_pixels=int(inside.size),
+                overlay=f"overlays/{stem}.png",
+                map=f"maps/{stem}.png" if save_maps else None,
+            )
+            rows.append(row)
+            draw_and_write(prepared, prob, row, writer)
+
+    start = time.perf_counter()
+    bar = Progress(len(images), description="predict", unit="images", enabled=progress)
+    report = log if log is not None else bar.log
+    with bar, ThreadPoolExecutor(max_workers=2, thread_name_prefix="resynth-write") as writer:
+        batch: list[tuple[InputImage, PreparedFundus]] = []
+        for item, prepared, error in prefetch(images, load, workers):
+            if error is not None:
+                reason = str(error).replace(str(item.path), "").strip(" :") or type(error).__name__
+                skipped.append({"name": item.name, "reason": reason})
+                report(f"skipped {item.name}: {reason}")
+                bar.advance(1)
+                continue
+            batch.append((item, prepared))
+            if len(batch) == batch_size:
+                score_batch(batch, writer)
+                bar.advance(len(batch))
+                batch = []
+        if batch:
+            score_batch(batch, writer)
+            bar.advance(len(batch))
+        for future in pending:
+            future.result()
+    seconds = time.perf_counter() - start
+
+    csv_path = out / "scores.csv"
+    with csv_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(CSV_COLUMNS)
+        for r in rows:
+            w.writerow([
+                r.name, f"{r.score:.6f}", f"{r.max_prob:.6f}", f"{r.mean_prob:.6f}",
+                f"{r.area_above:.6f}", r.pixels_above, r.fov_pixels, r.overlay, r.map or "",
+                r.path,
+            ])  # fmt: skip
+    if skipped:
+        with (out / "skipped.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(("file", "reason"))
+            w.writerows((s["name"], s["reason"]) for s in skipped)
+    if not rows:
+        raise AnomalygenError(
+            f"no photograph could be scored: all {len(skipped)} were skipped "
+            f"(first: {skipped[0]['name']}: {skipped[0]['reason']}); see {out / 'skipped.csv'}"
+        )
+    files = [out / r.overlay for r in rows] + [out / r.map for r in rows if r.map] + [csv_path]
+    return PredictionResult(rows, skipped, out, threshold, seconds, str(device), files)
