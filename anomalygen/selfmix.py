@@ -44,9 +44,12 @@ def distance_weights(P: np.ndarray, alpha: float = 0.7) -> np.ndarray:
     d_max = float(D.max()) if D.size else 0.0
     if d_max <= 0.0:
         return np.ones(P.shape, dtype=np.float32)
-    W = D * np.float32((1.0 - alpha) / d_max)
-    W += np.float32(alpha)
-    np.minimum(W, np.float32(1.0), out=W)  # the deepest pixel may round a hair above 1
+    # Written as 1 - (1 - alpha) * (1 - D / max D) so that the deepest pixels get exactly 1
+    # (D / max D is exactly 1 there) and Eq. 4 gives exactly C_s; clamped below at alpha.
+    W = np.float32(1.0) - D / np.float32(d_max)
+    W *= np.float32(1.0 - alpha)
+    np.subtract(np.float32(1.0), W, out=W)
+    np.maximum(W, np.float32(alpha), out=W)
     return W
 
 
