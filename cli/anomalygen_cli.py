@@ -16,9 +16,10 @@ app = typer.Typer(
 )
 
 # Each command's parsing lives in its own module; registration order is the order in --help.
-from cli import render_cmd  # noqa: E402
+from cli import preview_cmd, render_cmd  # noqa: E402
 
 app.command("render")(render_cmd.render)
+app.command("preview")(preview_cmd.preview)
 app.command("info")(render_cmd.info)
 app.command("verify")(render_cmd.verify)
 
