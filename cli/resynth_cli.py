@@ -15,6 +15,10 @@ app = typer.Typer(
 )
 
 # Each command's parsing lives in its own module; registration order is the order in --help.
+from cli import evaluate_cmd  # noqa: E402
+
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("predict")(evaluate_cmd.predict)
 
 
 def main() -> None:

@@ -263,3 +263,106 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line (in process, through run_app: what a user sees)
+
+
+def make_run(run: Path, size: int = SIZE, seed: int = 0) -> Path:
+    """A run folder as `resynth train` writes it (config.json + stage2.safetensors), with the
+    weights of an untrained tiny network: enough to exercise loading and the commands."""
+    from anomalygen.config import to_dict
+    from resynth_models.checkpoint import (
+        CONFIG_FILE,
+        RUN_FORMAT,
+        RUN_FORMAT_VERSION,
+        save_weights,
+        stage_weights_path,
+        write_json,
+    )
+
+    detector = TinyDetector(size, seed=seed)
+    network = detector.model.config
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(
+        run / CONFIG_FILE,
+        {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
+         "network": to_dict(network), "data": {"size": size, "clahe": True}},
+    )  # fmt: skip
+    save_weights(stage_weights_path(run, 2), detector.model.state_dict(), stage=2, network=network)
+    return run
+
+
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """``resynth ARGS`` in this process: (exit code, stdout, stderr)."""
+    from cli.resynth_cli import main
+
+    monkeypatch.setattr("sys.argv", ["resynth", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_evaluate(folder_layout: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "eval"
+    code, stdout, stderr = run_cli(
+        ["evaluate", "--checkpoint", run, "--dataset", "folder", "--root", folder_layout,
+         "--out", out, "--device", "cpu", "--batch-size", "2", "--quiet"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "| AUROC | ACC | AUPR |" in stdout and "normal vs abnormal" in stdout
+    assert "1 image(s) skipped" in stderr
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["detector"]["checkpoint"] == str(run) and data["n_scored"] == 6
+    assert _in_unit(data["pixel_level"]["aupr"])
+    # the default output folder is inside the run
+    code, _, stderr = run_cli(
+        ["evaluate", "--checkpoint", run, "--dataset", "folder", "--root", folder_layout, "-q"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert (run / "eval-folder" / "metrics.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "kaggle"], "--dataset must be one of idrid, eyeq, folder"),
+        (["--split", "test"], "--split is for --dataset idrid"),
+        (["--labels", "x.csv"], "--labels is for --dataset eyeq"),
+        (["--device", "tpu"], "--device must be auto, cpu, cuda"),
+        (["--root", "/nonexistent/set"], "--root: /nonexistent/set does not exist"),
+        (["--checkpoint", "/nonexistent/run"], "--checkpoint: /nonexistent/run does not exist"),
+        (["--scoring", "reconstruction"], "no stage-1 weights"),
+    ],
+)
+def test_cli_evaluate_bad_arguments(
+    args: list[str], message: str, folder_layout: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    run = make_run(tmp_path / "run")
+    base = {"--checkpoint": run, "--dataset": "folder", "--root": folder_layout}
+    for key, value in zip(args[::2], args[1::2], strict=True):
+        base[key] = value
+    argv = ["evaluate", "-q", *[str(x) for kv in base.items() for x in kv]]
+    code, _, stderr = run_cli(argv, capsys, monkeypatch)
+    assert code == 1
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and message in lines[-1], stderr
+    assert "Traceback" not in stderr
+
+
+def test_cli_evaluate_not_a_run_folder(folder_layout: Path, tmp_path: Path, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = run_cli(
+        ["evaluate", "--checkpoint", tmp_path / "empty", "--dataset", "folder", "--root",
+         folder_layout, "-q"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 1 and stderr.startswith("error: ") and "Traceback" not in stderr

@@ -1,0 +1,204 @@
+"""``resynth evaluate`` and ``resynth predict``: parse, call the library, print.
+
+The work is done by :func:`resynth_models.evaluate.evaluate` and
+:func:`resynth_models.predict.predict`; the detector comes from
+:func:`resynth_models.checkpoint.load_detector`. torch is imported inside the commands only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import fail
+
+DATASETS = ("idrid", "eyeq", "folder")
+IDRID_SPLITS = ("test", "train", "all")
+IDRID_DEFAULT_SPLIT = "all"  # the paper's Table 2: all 81 abnormal images (both IDRiD splits)
+
+_CHECKPOINT = typer.Option(
+    "--checkpoint", help="Run folder written by `resynth train` (RUN/config.json, weights)."
+)
+_DEVICE = typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")
+_BATCH = typer.Option("--batch-size", help="Images per forward pass.", min=1)
+_THRESHOLD = typer.Option(
+    "--threshold",
+    help="Probability threshold for the pixel balanced accuracy, overlays and areas.",
+    min=0.0,
+    max=1.0,
+)
+_WORKERS = typer.Option("--workers", help="Threads reading and preparing photographs.", min=1)
+_QUIET = typer.Option("--quiet", "-q", help="No progress display.")
+
+
+_SCORING = typer.Option(
+    "--scoring",
+    help="localization (stage 2, the paper) or reconstruction (stage-1 error: Table 3, row 1).",
+)
+
+
+def _load(checkpoint: Path, device: str, scoring: str):  # -> (detector, torch.device)
+    from resynth_models.evaluate import resolve_device
+
+    if not checkpoint.exists():
+        fail(f"--checkpoint: {checkpoint} does not exist (a run folder from `resynth train`)")
+    if not checkpoint.is_dir():
+        fail(f"--checkpoint: {checkpoint} is not a folder (give the run folder, not a file)")
+    dev = resolve_device(device)
+    from resynth_models.checkpoint import load_detector
+
+    return load_detector(checkpoint, str(dev), scoring=scoring), dev
+
+
+def evaluate(
+    checkpoint: Annotated[Path, _CHECKPOINT],
+    dataset: Annotated[str, typer.Option("--dataset", help="idrid, eyeq or folder.")],
+    root: Annotated[
+        Path,
+        typer.Option(
+            "--root",
+            help="idrid: the IDRiD folder (holding 'A. Segmentation'); eyeq: the test image "
+            "folder; folder: a folder with normal/, abnormal/ and optional masks/.",
+        ),
+    ],
+    normal_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--normal-dir",
+            help="idrid: a folder of normal test photographs (label 0, empty masks).",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="eyeq: the labels CSV (default ROOT/Label_EyeQ_test.csv)."),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            help="idrid: test, train or all (default all: the paper's 81 abnormal images).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder (default: RUN/eval-DATASET)."),
+    ] = None,
+    device: Annotated[str, _DEVICE] = "auto",
+    batch_size: Annotated[int, _BATCH] = 4,
+    threshold: Annotated[float, _THRESHOLD] = 0.5,
+    overlays: Annotated[
+        int, typer.Option("--overlays", help="Overlays of the best and of the worst images.", min=0)
+    ] = 4,
+    scoring: Annotated[str, _SCORING] = "localization",
+    workers: Annotated[int | None, _WORKERS] = None,
+    quiet: Annotated[bool, _QUIET] = False,
+) -> None:
+    """Score a dataset and print the paper's tables (Table 1: EyeQ, Table 2: IDRiD).
+
+    Writes metrics.json, metrics.md, per_image.csv and Fig. 4-style overlays into --out.
+    """
+    dataset = dataset.strip().lower()
+    if dataset not in DATASETS:
+        fail(f"--dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    if split is not None and dataset != "idrid":
+        fail(f"--split is for --dataset idrid, not {dataset}")
+    if split is not None and split not in IDRID_SPLITS:
+        fail(f"--split must be one of {', '.join(IDRID_SPLITS)}; got {split!r}")
+    if labels is not None and dataset != "eyeq":
+        fail(f"--labels is for --dataset eyeq, not {dataset}")
+    if normal_dir is not None and dataset != "idrid":
+        fail(f"--normal-dir is for --dataset idrid, not {dataset} (folder: put them in normal/)")
+    if not root.exists():
+        fail(f"--root: {root} does not exist")
+
+    from resynth_models.datasets import open_eval_set
+    from resynth_models.evaluate import evaluate as run_evaluate
+
+    eval_set = open_eval_set(
+        dataset,
+        root,
+        normal_dir=normal_dir,
+        labels_csv=labels,
+        split=split or IDRID_DEFAULT_SPLIT,
+    )
+    detector, dev = _load(checkpoint, device, scoring)
+    out_dir = out if out is not None else checkpoint / f"eval-{dataset}"
+    typer.echo(f"{eval_set.description}", err=True)
+    if eval_set.problems:
+        typer.echo(
+            f"note: {len(eval_set.problems)} dataset problem(s), listed in metrics.md "
+            f"(first: {eval_set.problems[0]})",
+            err=True,
+        )
+    result = run_evaluate(
+        detector,
+        eval_set,
+        out_dir,
+        batch_size=batch_size,
+        device=dev,
+        threshold=threshold,
+        progress=not quiet,
+        n_overlays=overlays,
+        workers=workers,
+        checkpoint=str(checkpoint),
+    )
+    typer.echo(result.markdown().split("\n## Overlays")[0].rstrip())
+    if result.skipped:
+        typer.echo(
+            f"warning: {len(result.skipped)} image(s) skipped as unusable (listed in "
+            f"{out_dir / 'metrics.md'})",
+            err=True,
+        )
+    typer.echo(f"\nwrote {out_dir}/: metrics.json, metrics.md, per_image.csv, overlays/")
+
+
+def predict(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Photographs: image files and/or folders (recursive).")
+    ],
+    checkpoint: Annotated[Path, _CHECKPOINT],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    device: Annotated[str, _DEVICE] = "auto",
+    batch_size: Annotated[int, _BATCH] = 4,
+    threshold: Annotated[float, _THRESHOLD] = 0.5,
+    save_maps: Annotated[
+        bool,
+        typer.Option(
+            "--save-maps", help="Also write each anomaly map as a 16-bit PNG (value/65535)."
+        ),
+    ] = False,
+    scoring: Annotated[str, _SCORING] = "localization",
+    workers: Annotated[int | None, _WORKERS] = None,
+    quiet: Annotated[bool, _QUIET] = False,
+) -> None:
+    """Anomaly maps for new photographs: an overlay PNG per image and scores.csv."""
+    from resynth_models.predict import find_inputs
+    from resynth_models.predict import predict as run_predict
+
+    find_inputs(inputs)  # bad paths fail before the checkpoint is loaded
+    detector, dev = _load(checkpoint, device, scoring)
+    result = run_predict(
+        detector,
+        inputs,
+        out,
+        batch_size=batch_size,
+        device=dev,
+        threshold=threshold,
+        save_maps=save_maps,
+        progress=not quiet,
+        workers=workers,
+    )
+    rows = sorted(result.predictions, key=lambda r: r.score, reverse=True)
+    if len(rows) <= 20:
+        width = max(len(r.name) for r in rows)
+        for r in rows:
+            typer.echo(f"{r.name:<{width}}  score {r.score:.4f}  max {r.max_prob:.4f}")
+    if result.skipped:
+        typer.echo(
+            f"warning: {len(result.skipped)} photograph(s) skipped as unusable "
+            f"(reasons in {out / 'skipped.csv'})",
+            err=True,
+        )
+    typer.echo(result.summary())
