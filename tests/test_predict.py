@@ -98,3 +98,27 @@ def test_inputs_errors(tmp_path: Path) -> None:
     bad.write_bytes(b"nope")
     with pytest.raises(AnomalygenError, match="no photograph could be scored"):
         predict(TinyDetector(), [bad], tmp_path / "out", progress=False)
+
+
+def test_cli_predict(photos: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from tests.test_evaluate import make_run, run_cli
+
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "pred"
+    code, stdout, stderr = run_cli(
+        ["predict", photos, "--checkpoint", run, "--out", out, "--device", "cpu", "-q",
+         "--threshold", "0.2"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "sub/c.png" in stdout and "3 photograph(s) scored" in stdout
+    assert "1 photograph(s) skipped" in stderr
+    assert len(list((out / "overlays").rglob("*.png"))) == 3
+    assert len(_rows(out / "scores.csv")) == 3 and not (out / "maps").exists()
+    code, _, stderr = run_cli(
+        ["predict", tmp_path / "nowhere.jpg", "--checkpoint", run, "--out", out, "-q"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert (
+        code == 1 and stderr.strip() == f"error: {tmp_path / 'nowhere.jpg'}: no such file or folder"
+    )
