@@ -14,7 +14,6 @@ same draws (turned noise: see :func:`perlin_noise`).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import cv2
@@ -43,49 +42,21 @@ GRADIENTS = _DIRECTIONS  # (16, 2) as (dy, dx); index k is the direction k * 22.
 ROTATIONS = _DIRECTIONS[:8]  # (cos, sin) of k * 22.5 degrees, k = 0..7: half a turn
 # float32 gradient components, pre-scaled by sqrt(2) (DRAEM's output scale; the noise is linear
 # in the gradients, so scaling them scales P_n).
-_GYX = (np.concatenate([GRADIENTS[:, 0], GRADIENTS[:, 1]]) * _SQRT2).astype(np.float32)
+_GY = (GRADIENTS[:, 0] * _SQRT2).astype(np.float32)
+_GX = (GRADIENTS[:, 1] * _SQRT2).astype(np.float32)
+
+
+_CENTRES = np.arange(4096, dtype=np.float64) + 0.5
+
+
+def _centres(n: int) -> np.ndarray:
+    """Pixel centres 0.5, 1.5, ..., n - 0.5 (a view of a shared table where it is long enough)."""
+    return _CENTRES[:n] if n <= len(_CENTRES) else np.arange(n, dtype=np.float64) + 0.5
 
 
 def _fade(t: np.ndarray) -> np.ndarray:
     """Perlin's quintic fade 6t^5 - 15t^4 + 10t^3 (zero first and second derivative at 0, 1)."""
     return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
-
-
-def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    for a in arrays:
-        a.flags.writeable = False
-    return arrays
-
-
-@functools.lru_cache(maxsize=1024)  # small: a few arrays of n <= a few hundred per entry
-def _rows(n: int, period: float) -> tuple[np.ndarray, ...]:
-    """Lattice data along y for n pixel centres at (k + 0.5) / period: the cell row of each
-    pixel, then the row below ((2n,) stacked), the offsets f_u and f_u - 1 ((2n, 1) stacked)
-    and the fade weight t_u ((n, 1)). Cached (crop sides and periods repeat), read-only."""
-    u = (np.arange(n, dtype=np.float64) + 0.5) / period
-    i = np.floor(u).astype(np.intp)
-    f = (u - i).astype(np.float32)
-    return _frozen(
-        np.concatenate([i, i + 1]), np.concatenate([f, f - 1.0])[:, None], _fade(f)[:, None]
-    )
-
-
-@functools.lru_cache(maxsize=1024)
-def _cols(n: int, period: float) -> tuple[np.ndarray, ...]:
-    """Lattice data along x, laid out for one gather of [g_y(i_v) | g_x(i_v) | g_y(i_v + 1) |
-    g_x(i_v + 1)]: the lattice column of each of the 4n entries, the table offset (0 for g_y,
-    16 for g_x in _GYX), the factor (1 for g_y, f_v or f_v - 1 for g_x) and the fade weight t_v
-    repeated for [My | Mx]. Cached, read-only."""
-    v = (np.arange(n, dtype=np.float64) + 0.5) / period
-    i = np.floor(v).astype(np.intp)
-    f = (v - i).astype(np.float32)
-    one = np.ones(n, np.float32)
-    k = len(GRADIENTS)
-    cols = np.concatenate([i, i, i + 1, i + 1])
-    offset = np.repeat(np.array([0, k, 0, k], dtype=np.intp), n)
-    factor = np.concatenate([one, f, one, f - 1.0])
-    t = _fade(f)
-    return _frozen(cols, offset, factor, np.concatenate([t, t]))
 
 
 def _grid_noise(
@@ -100,27 +71,36 @@ def _grid_noise(
         My[r, x] = sum_b B_b * g_y[r, i_v + b],  Mx[r, x] = sum_b B_b * (f_v - b) * g_x[r, i_v + b],
 
     which is the usual four-corner formula regrouped: My and Mx are (lattice rows, w), so only
-    about six operations touch all h * w pixels.
+    a handful of operations touch all h * w pixels.
     """
-    rows01, fu01, tu = _rows(h, period_y)
-    cols, offset, factor, tv = _cols(w, period_x)
+    # Both axes in one pass: cell index i, offset f in [0, 1) and fade weight t per pixel.
+    coord = np.empty(h + w)
+    np.divide(_centres(h), period_y, out=coord[:h])
+    np.divide(_centres(w), period_x, out=coord[h:])
+    cell = coord.astype(np.intp)  # coordinates are positive: truncation is floor
+    f = (coord - cell).astype(np.float32)
+    t = _fade(f)
+    iu, iv, fu, fv, tu, tv = cell[:h], cell[h:], f[:h], f[h:], t[:h], t[h:]
 
-    shape = (int(rows01[-1]) + 1, int(cols[-1]) + 1)
-    lattice = (rng.random(shape) * len(GRADIENTS)).astype(np.intp)  # uniform 0..15
-    g = lattice[:, cols]
-    g += offset
-    g = _GYX[g]  # (rows, 4w): [g_y(i_v) | g_x(i_v) | g_y(i_v+1) | g_x(i_v+1)]
-    g *= factor
-    M = g[:, 2 * w :] - g[:, : 2 * w]  # [My | Mx] = B_0 * (...)(i_v) + B_1 * (...)(i_v + 1)
-    M *= tv
-    M += g[:, : 2 * w]
+    lattice = (rng.random((int(iu[-1]) + 2, int(iv[-1]) + 2)) * len(GRADIENTS)).astype(np.intp)
+    corner = lattice[:, np.concatenate([iv, iv + 1])]  # (rows, 2w): at i_v, then at i_v + 1
+    gy, gx = _GY[corner], _GX[corner]
+    gx[:, :w] *= fv
+    gx[:, w:] *= fv - 1.0
+    M = np.empty((len(lattice), 2 * w), dtype=np.float32)  # [My | Mx]
+    np.subtract(gy[:, w:], gy[:, :w], out=M[:, :w])
+    np.subtract(gx[:, w:], gx[:, :w], out=M[:, w:])
+    M[:, :w] *= tv
+    M[:, w:] *= tv
+    M[:, :w] += gy[:, :w]
+    M[:, w:] += gx[:, :w]
 
-    both = M[rows01]  # (2h, 2w): rows i_u (a = 0) on top, rows i_u + 1 (a = 1) below
-    n = both[:, :w] * fu01
+    both = M[np.concatenate([iu, iu + 1])]  # (2h, 2w): rows i_u (a = 0), then i_u + 1 (a = 1)
+    n = both[:, :w] * np.concatenate([fu, fu - 1.0])[:, None]
     n += both[:, w:]
     n0, n1 = n[:h], n[h:]
     n1 -= n0
-    n1 *= tu
+    n1 *= tu[:, None]
     n0 += n1
     return n0
 
