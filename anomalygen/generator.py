@@ -130,7 +130,11 @@ class SyntheticSample:
     image: np.ndarray  # I_G, (H, W, 3) uint8; equals target exactly wherever mask == 0
     mask: np.ndarray  # M_G, (H, W) uint8 in {0, 1}; inside the target FOV; non-empty unless normal
     # JSON-compatible: {"normal": bool, "area": int, "lesions": [{"target_box": [y0, x0, y1, x1],
-    #   "source_box": [y0, x0, y1, x1], "ops": [{"op": name, ...}], "area": int}]}
+    #   "source_box": [y0, x0, y1, x1], "ops": [{"op": name, ...}], "area": int}]}.
+    # The boxes are the crops C_t (in the target) and C_s (in the source), end-exclusive; the
+    # lesion lies inside them. "area" is the lesion's pixel count (lesions may overlap; the
+    # sample's "area" counts M_G). In texture mode source_box is in the texture tiled with
+    # np.tile, so it can run past a texture smaller than the crop. "ops" are in applied order.
     meta: dict
 
 
