@@ -28,13 +28,14 @@ TEXT = (235, 235, 235)
 
 @dataclass(frozen=True)
 class PreviewItem:
-    """One sample to draw: I_G, M_G, its meta (as made by the generator) and its source image."""
+    """One sample to draw: I_G, M_G, its meta (as made by the generator) and the raw source crop
+    C_s of its first lesion (the pixels the augmentations were applied to)."""
 
     title: str
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) uint8 in {0, 1}
     meta: dict
-    source: np.ndarray | None = None  # the source fundus (or texture) the lesions were cut from
+    source_crop: np.ndarray | None = None  # (h, w, 3) uint8
 
 
 def outline(
@@ -119,11 +120,8 @@ def render_tile(item: PreviewItem, tile: int = 256) -> np.ndarray:
             gap=2,
         )
         _draw_box(main, (zy0, zx0, zy1, zx1), tile / max(image.shape[:2]), ZOOM_BOX)
-        if item.source is not None and "source_box" in first:
-            sy0, sx0, sy1, sx1 = (int(v) for v in first["source_box"])
-            crop = item.source[sy0:sy1, sx0:sx1]
-            if crop.size:
-                source = _fit(crop, half, nearest=True)
+        if item.source_crop is not None and item.source_crop.size:
+            source = _fit(item.source_crop, half, nearest=True)
 
     cell = np.full((tile + 34, tile + half, 3), BACKGROUND, np.uint8)
     cell[:tile, :tile] = main
@@ -259,7 +257,11 @@ def live_preview(
         t, s = draw_pair(rng, len(prepared))
         target, source = prepared[t], prepared[s]
         sample = generator.generate(target.image, source.image, rng, target.fov, source.fov)
-        item = PreviewItem(f"#{k}", sample.image, sample.mask, sample.meta, source.image)
+        crop = None
+        if sample.meta["lesions"]:
+            y0, x0, y1, x1 = sample.meta["lesions"][0]["source_box"]
+            crop = source.image[y0:y1, x0:x1]
+        item = PreviewItem(f"#{k}", sample.image, sample.mask, sample.meta, crop)
         cells.append(render_tile(item, tile))
     return contact_sheet(cells, columns), skipped
 
@@ -288,9 +290,9 @@ def store_preview(
             raise ConfigError(f"--indices: {i} is out of range for a store of {len(store)}")
         image, mask = store[i]
         meta = store.meta(i)
-        pool = store.textures if meta["source_pool"] == "textures" else store.normals
-        source = pool[meta["source"]][0] if meta["lesions"] else None
-        cells.append(render_tile(PreviewItem(f"#{i}", image, mask, meta, source), tile))
+        lesions = store.lesion_sources(i)
+        crop = lesions[0]["crop"] if lesions else None
+        cells.append(render_tile(PreviewItem(f"#{i}", image, mask, meta, crop), tile))
     return contact_sheet(cells, columns)
 
 

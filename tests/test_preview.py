@@ -45,7 +45,9 @@ def test_outline_marks_only_the_mask_border() -> None:
 def test_tile_layout_and_labels_change_with_the_sample() -> None:
     sample, source = _sample()
     assert not sample.meta["normal"]
-    tile = render_tile(PreviewItem("#0", sample.image, sample.mask, sample.meta, source), 128)
+    y0, x0, y1, x1 = sample.meta["lesions"][0]["source_box"]
+    item = PreviewItem("#0", sample.image, sample.mask, sample.meta, source[y0:y1, x0:x1])
+    tile = render_tile(item, 128)
     assert tile.shape == (128 + 34, 128 + 64, 3) and tile.dtype == np.uint8
     assert np.all(tile[:128, :128] == OUTLINE, axis=2).any()  # the lesion is outlined
     normal, _ = _sample(p_normal=1.0)
