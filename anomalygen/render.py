@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -89,11 +89,18 @@ class RenderResult:
     workers: int
     peak_rss_per_worker: int  # bytes (max over workers)
     render_seconds: float = 0.0  # of which phase 2
+    render_cpu_seconds: float = 0.0  # CPU time of the workers' phase-2 tasks (all threads)
     notes: list[str] = field(default_factory=list)
 
     @property
     def samples_per_second(self) -> float:
         return self.samples_rendered / self.render_seconds if self.render_seconds > 0 else 0.0
+
+    @property
+    def samples_per_cpu_second(self) -> float:
+        """Throughput per core, independent of other load on the machine."""
+        cpu = self.render_cpu_seconds
+        return self.samples_rendered / cpu if cpu > 0 else 0.0
 
     def summary(self) -> str:
         per = self.bytes_on_disk / self.n if self.n else 0
@@ -249,6 +256,7 @@ def render(
             workers=job.workers_used,
             peak_rss_per_worker=job.peak_rss,
             render_seconds=job.render_seconds,
+            render_cpu_seconds=job.render_cpu,
             notes=notes,
         )
     finally:
@@ -387,6 +395,7 @@ class _Job:
         self.shards_already_done = 0
         self.samples_rendered = 0
         self.render_seconds = 0.0
+        self.render_cpu = 0.0
         self.peak_rss = 0
         self.usable: dict[str, int] = {}
         self.skipped: list[dict[str, str]] = []
@@ -516,6 +525,7 @@ class _Job:
                 for result in runner.run("render_shard", [(s,) for s in todo]):
                     self.shards_rendered += 1
                     self.samples_rendered += result["samples"]
+                    self.render_cpu += result["cpu"]
                     self._note_rss(result)
                     bar.advance(result["samples"])
             except KeyboardInterrupt:
@@ -642,6 +652,8 @@ def _init_worker(url: str, storage_options: Any, cache_bytes: int, parent: int) 
     # Ctrl-C goes to the whole process group; the coordinator alone decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = _Worker(url, storage_options, cache_bytes, parent, in_process=False)
+    import anomalygen.fundus
+    import anomalygen.generator  # noqa: F401  (imported now, while phase 1 starts up)
 
 
 def _call_worker(method: str, args: tuple) -> dict[str, Any]:
@@ -670,13 +682,10 @@ class _Worker:
 
         self._in_process = in_process
         self._parent = parent
+        # W workers use W cores: one OpenCV thread, one zarr codec thread.
         self._cv2_threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)  # W workers use W cores
-        if not in_process:
-            import zarr
-
-            # Before any zarr I/O: its thread pool is created on first use.
-            zarr.config.set({"threading.max_workers": 1})
+        cv2.setNumThreads(1)
+        self._restore_zarr = _limit_zarr_threads(1)
         self.loc = st.StoreLocation(url, storage_options)
         self.writer = st.StoreWriter(self.loc)
         self._reader: st.SampleStore | None = None
@@ -685,10 +694,11 @@ class _Worker:
         self._buffers: tuple[np.ndarray, np.ndarray] | None = None
 
     def close(self) -> None:
-        if self._in_process:
+        if self._in_process:  # give this process its threads back
             import cv2
 
             cv2.setNumThreads(self._cv2_threads)
+            self._restore_zarr()
         self._cache.clear()
         self._buffers = None
 
@@ -751,6 +761,7 @@ class _Worker:
     def render_shard(self, shard: int) -> dict[str, Any]:
         from anomalygen.generator import sample_rng
 
+        cpu0 = time.process_time()
         if self._gen is None:
             self._setup_render()
         start = shard * self._shard_size
@@ -777,7 +788,33 @@ class _Worker:
             metas.append(sample.meta)
         self._check_parent()
         self.writer.write_samples(shard, start, images, masks, targets, sources, metas)
-        return {"shard": shard, "samples": count, "maxrss": _maxrss()}
+        cpu = time.process_time() - cpu0
+        return {"shard": shard, "samples": count, "maxrss": _maxrss(), "cpu": cpu}
+
+
+def _limit_zarr_threads(n: int) -> Callable[[], None]:
+    """Run zarr's codecs (zstd, blosc, crc32c) on at most ``n`` threads in this process.
+
+    zarr 3.1 encodes chunks with ``asyncio.to_thread`` on its event loop, whose default
+    executor has min(32, CPUs + 4) threads, and ignores its ``threading.max_workers`` setting.
+    zstd releases the GIL, so one worker would otherwise compress on several cores. Returns a
+    function that gives the loop an executor of the default size back.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        from zarr.core.sync import _get_loop
+    except ImportError:  # a zarr whose internals moved: leave its threads alone
+        return lambda: None
+    loop = _get_loop()
+    limited = ThreadPoolExecutor(max_workers=n, thread_name_prefix="anomalygen_zarr")
+    loop.set_default_executor(limited)
+
+    def restore() -> None:
+        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="zarr_pool"))
+        limited.shutdown(wait=False)
+
+    return restore
 
 
 def draw_pair(

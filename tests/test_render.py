@@ -312,3 +312,22 @@ def test_zarr_layout(reference: str) -> None:
     assert group["meta"].chunks == (SHARD,)
     assert group["done"].chunks == (1,)
     assert group["normals"].shards[0] == min(st.POOL_SHARD_SIZE, 4)  # 4 source images
+
+
+def test_lock_object_for_urls(sources: Path) -> None:
+    """Stores behind URLs use a lock object with a heartbeat: a fresh one refuses a second
+    render, a stale one (its render died) is taken over, and a finished render removes it."""
+    import json
+
+    import fsspec
+
+    url = "memory://anomalygen-test/locked.zarr"
+    fs, path = fsspec.core.url_to_fs(url + ".lock")
+    fs.pipe_file(path, json.dumps({"owner": "host:123:abc", "heartbeat": time.time()}).encode())
+    with pytest.raises(StoreError, match=r"another render \(host:123:abc\) is writing this store"):
+        _render(url, sources, n=4)
+    fs.pipe_file(
+        path, json.dumps({"owner": "host:123:abc", "heartbeat": time.time() - 3600}).encode()
+    )
+    assert _render(url, sources, n=4).shards_rendered == 1
+    assert not fs.exists(path)

@@ -1,0 +1,316 @@
+"""Benchmark of ``anomalygen render``: throughput, the write floor, disk use and worker memory.
+
+    python benchmarks/bench_render.py                      # 768 px, N=1024, 1 and 2 workers
+    python benchmarks/bench_render.py --n 128 --size 256   # a quick run
+
+Prints, for each worker count: samples/s of the render phase (phase 1, preparing the sources, is
+reported apart), MB/s of raw pixels (image + mask), bytes per sample on disk, and the peak RSS
+per worker. In the same run it measures the *floor*: writing the same number of already-made
+samples (read back from the rendered store, untimed) with the same codec and sharding from one
+process, through the same writer. Then the peak RSS per worker at two values of N (default 512
+and 4096, two workers), which must not differ by more than 10%.
+
+Targets (issue 3): one worker >= 60 samples/s at 768 px with zstd and within 1.5x of the floor;
+two workers >= 1.8x one worker; RSS per worker within 10% between N=512 and N=4096.
+
+Each case runs in a fresh Python process. Stores are written under --tmp (default /tmp) and
+deleted afterwards; N=4096 at 768 px needs about 4 GB of disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SRC = ROOT.parent / "shared" / "data" / "fundus-normal"
+
+
+def _case_render(args: dict) -> dict:
+    from anomalygen.render import render
+
+    t0 = time.perf_counter()
+    result = render(
+        args["out"],
+        args["src"],
+        args["n"],
+        size=args["size"],
+        workers=args["workers"],
+        shard_size=args["shard_size"],
+        codec=args["codec"],
+        overwrite=True,
+        progress=False,
+    )
+    wall = time.perf_counter() - t0
+    import zarr
+
+    group = zarr.open_group(args["out"], mode="r")
+    sample_bytes = sum(
+        group[name].nbytes_stored()
+        for name in ("image", "mask", "target", "source", "area", "lesions", "meta")
+    )
+    return {
+        "workers": result.workers,
+        "n": result.n,
+        "wall_s": wall,
+        "render_s": result.render_seconds,
+        "prepare_s": result.seconds - result.render_seconds,
+        "samples_per_s": result.samples_per_second,
+        "samples_per_cpu_s": result.samples_per_cpu_second,
+        "bytes_on_disk": result.bytes_on_disk,
+        "sample_bytes": sample_bytes,
+        "peak_rss_per_worker": result.peak_rss_per_worker,
+        "normals": result.normals,
+    }
+
+
+def _case_floor(args: dict) -> dict:
+    """Write the rendered samples again, shard by shard, timing only the writes; then time
+    random reads of single samples. ``codec`` / ``shard_size`` may differ from the source."""
+    import numpy as np
+    import zarr
+
+    from anomalygen import store as st
+    from anomalygen.render import _limit_zarr_threads
+
+    _limit_zarr_threads(1)  # as in a render worker: one codec thread
+    source = st.open_store(args["src_store"])
+    codec = args.get("codec") or source.attrs["codec"]
+    shard_size = args.get("shard_size") or source.shard_size
+    n = len(source)
+    loc = st.location(args["out"])
+    shutil.rmtree(args["out"], ignore_errors=True)
+    Path(args["out"]).mkdir(parents=True)
+    attrs = {**source.attrs, "codec": codec, "shard_size": shard_size}
+    st.create_store(loc, attrs, n=n, size=source.size, shard_size=shard_size, codec=codec, pools={})
+    writer = st.StoreWriter(loc)
+    group = source._open()
+    seconds = cpu = 0.0
+    for s in range(-(-n // shard_size)):
+        lo, hi = s * shard_size, min((s + 1) * shard_size, n)
+        images = np.ascontiguousarray(group["image"][lo:hi])
+        masks = np.ascontiguousarray(group["mask"][lo:hi])
+        targets, sources = group["target"][lo:hi], group["source"][lo:hi]
+        metas = [json.loads(str(m)) for m in group["meta"][lo:hi]]
+        t0, c0 = time.perf_counter(), time.process_time()
+        writer.write_samples(s, lo, images, masks, targets, sources, metas)
+        seconds += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+    written = zarr.open_group(args["out"], mode="r")
+    sample_bytes = sum(
+        written[name].nbytes_stored()
+        for name in ("image", "mask", "target", "source", "area", "lesions", "meta")
+    )
+    reader = st.open_store(args["out"])
+    order = np.random.default_rng(0).permutation(n)[: min(n, 64)]
+    t0 = time.perf_counter()
+    for i in order:
+        reader[int(i)]
+    read_ms = (time.perf_counter() - t0) / len(order) * 1e3
+    return {
+        "n": n,
+        "codec": codec,
+        "shard_size": shard_size,
+        "write_s": seconds,
+        "samples_per_s": n / seconds,
+        "samples_per_cpu_s": n / cpu,
+        "sample_bytes": sample_bytes,
+        "read_ms": read_ms,
+    }
+
+
+def _run_case(kind: str, args: dict) -> dict:
+    cmd = [sys.executable, __file__, "--case", kind, json.dumps(args)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"case {kind} {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _mb(x: float) -> str:
+    return f"{x / 1e6:.1f}"
+
+
+def _sweep(opts: argparse.Namespace, work: Path, shard: int, raw: int) -> None:
+    from anomalygen.store import CODECS
+
+    out = str(work / "sweep_src.zarr")
+    _run_case(
+        "render",
+        {
+            "out": out,
+            "src": opts.src,
+            "n": opts.n,
+            "size": opts.size,
+            "workers": 1,
+            "shard_size": shard,
+            "codec": "none",
+        },
+    )
+    print(
+        "  codec       shard  write samples/s  per CPU-second  MB/s raw  KB/sample"
+        "  random read ms/sample"
+    )
+    for codec in CODECS:
+        for shard_size in (16, 32, 64, 128):
+            r = _run_case(
+                "floor",
+                {
+                    "src_store": out,
+                    "out": str(work / "sweep.zarr"),
+                    "codec": codec,
+                    "shard_size": shard_size,
+                },
+            )
+            print(
+                f"  {codec:10s} {shard_size:6d}  {r['samples_per_s']:15.1f}"
+                f"  {r['samples_per_cpu_s']:15.1f}"
+                f"  {_mb(r['samples_per_s'] * raw):>8}  {r['sample_bytes'] / r['n'] / 1e3:9.1f}"
+                f"  {r['read_ms']:21.2f}",
+                flush=True,
+            )
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--case":
+        kind, args = sys.argv[2], json.loads(sys.argv[3])
+        print(json.dumps(_case_render(args) if kind == "render" else _case_floor(args)))
+        return
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--src", default=str(DEFAULT_SRC), help="source photographs")
+    p.add_argument("--n", type=int, default=1024)
+    p.add_argument("--size", type=int, default=768)
+    p.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    p.add_argument("--rss-n", default="512,4096", help="two N for the memory check ('' to skip)")
+    p.add_argument("--rss-workers", type=int, default=2)
+    p.add_argument("--shard-size", type=int, default=None)
+    p.add_argument("--codec", default="zstd")
+    p.add_argument("--tmp", default=tempfile.gettempdir())
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead: render N samples once, then write them with every codec and shard size "
+        "(16, 32, 64, 128) and time writes and random single-sample reads",
+    )
+    opts = p.parse_args()
+
+    from anomalygen.store import DEFAULT_SHARD_SIZE
+
+    shard = opts.shard_size or DEFAULT_SHARD_SIZE
+    if not Path(opts.src).is_dir():
+        sys.exit(f"--src: {opts.src} is not a folder (the real photographs are in ../shared/data)")
+    raw = opts.size * opts.size * 4  # image (3 bytes) + mask (1 byte) per pixel
+    work = Path(tempfile.mkdtemp(prefix="bench_render_", dir=opts.tmp))
+    print(
+        f"bench_render: {opts.size}x{opts.size}, N={opts.n}, codec {opts.codec}, shard size "
+        f"{shard}, sources {opts.src}; {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.2f} at start"
+    )
+    try:
+        if opts.sweep:
+            _sweep(opts, work, shard, raw)
+            return
+        results = {}
+        for w in [int(x) for x in opts.workers.split(",") if x]:
+            out = str(work / f"render_w{w}.zarr")
+            r = _run_case(
+                "render",
+                {
+                    "out": out,
+                    "src": opts.src,
+                    "n": opts.n,
+                    "size": opts.size,
+                    "workers": w,
+                    "shard_size": shard,
+                    "codec": opts.codec,
+                },
+            )
+            results[w] = r
+            print(
+                f"  render, {w} worker{'s' if w > 1 else ' '}: {r['samples_per_s']:6.1f} samples/s"
+                f" ({r['samples_per_cpu_s']:5.1f} per CPU-second)"
+                f"  {_mb(r['samples_per_s'] * raw):>6} MB/s raw"
+                f"  {r['sample_bytes'] / r['n'] / 1e3:7.1f} KB/sample on disk"
+                f"  peak RSS/worker {_mb(r['peak_rss_per_worker'])} MB"
+                f"  (prepare {r['prepare_s']:.1f}s, render {r['render_s']:.1f}s,"
+                f" {r['normals']} normals)",
+                flush=True,
+            )
+            if w != min(results):
+                shutil.rmtree(out, ignore_errors=True)
+        first = min(results)
+        floor = _run_case(
+            "floor",
+            {"src_store": str(work / f"render_w{first}.zarr"), "out": str(work / "floor.zarr")},
+        )
+        print(
+            f"  floor (write only, 1 process): {floor['samples_per_s']:6.1f} samples/s"
+            f" ({floor['samples_per_cpu_s']:5.1f} per CPU-second)"
+            f"  {_mb(floor['samples_per_s'] * raw):>6} MB/s raw",
+            flush=True,
+        )
+        shutil.rmtree(work / f"render_w{first}.zarr", ignore_errors=True)
+        shutil.rmtree(work / "floor.zarr", ignore_errors=True)
+
+        if 1 in results:
+            one = results[1]
+            print(
+                f"  1 worker: {one['samples_per_s']:.1f} samples/s, "
+                f"{one['samples_per_cpu_s']:.1f} per CPU-second (target >= 60 at 768 px)"
+            )
+            print(
+                "  render time / floor time: "
+                f"wall {floor['samples_per_s'] / one['samples_per_s']:.2f}, "
+                f"CPU {floor['samples_per_cpu_s'] / one['samples_per_cpu_s']:.2f} (target <= 1.5)"
+            )
+            if 2 in results:
+                two = results[2]
+                speedup = two["samples_per_s"] / one["samples_per_s"]
+                cost = one["samples_per_cpu_s"] / two["samples_per_cpu_s"]
+                print(
+                    f"  2 workers / 1 worker: wall {speedup:.2f} (target >= 1.8); CPU cost per "
+                    f"sample, 2 workers / 1 worker: {cost:.2f} (1.00 = no parallel overhead)"
+                )
+
+        rss_n = [int(x) for x in opts.rss_n.split(",") if x]
+        if rss_n:
+            rss = {}
+            for n in rss_n:
+                out = str(work / f"rss_{n}.zarr")
+                r = _run_case(
+                    "render",
+                    {
+                        "out": out,
+                        "src": opts.src,
+                        "n": n,
+                        "size": opts.size,
+                        "workers": opts.rss_workers,
+                        "shard_size": shard,
+                        "codec": opts.codec,
+                    },
+                )
+                shutil.rmtree(out, ignore_errors=True)
+                rss[n] = r["peak_rss_per_worker"]
+                print(
+                    f"  N={n:5d}, {opts.rss_workers} workers: peak RSS/worker {_mb(rss[n])} MB"
+                    f"  ({r['samples_per_s']:.1f} samples/s, "
+                    f"{r['samples_per_cpu_s']:.1f} per CPU-second)",
+                    flush=True,
+                )
+            lo, hi = min(rss_n), max(rss_n)
+            print(f"  peak RSS/worker N={hi} vs N={lo}: {rss[hi] / rss[lo]:.3f} (target <= 1.10)")
+        print(f"load average at end {os.getloadavg()[0]:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
