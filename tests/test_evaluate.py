@@ -366,3 +366,13 @@ def test_cli_evaluate_not_a_run_folder(folder_layout: Path, tmp_path: Path, caps
         capsys, monkeypatch,
     )  # fmt: skip
     assert code == 1 and stderr.startswith("error: ") and "Traceback" not in stderr
+
+
+def test_cli_module_imports_without_torch() -> None:
+    """The command modules import torch inside the commands only (fast --help)."""
+    import subprocess
+    import sys
+
+    code = "import sys, cli.evaluate_cmd; sys.exit('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
