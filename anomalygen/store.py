@@ -642,6 +642,10 @@ class SampleStore:
 
     def complete_shards(self) -> list[int]:
         """Indices of the shards whose data are complete (their flag is set)."""
+        if self.attrs.get("completed"):
+            # Set by the render once every flag is; saves reading one object per shard
+            # (3,125 for 200,000 samples) in every DataLoader worker.
+            return list(range(self.n_shards))
         return [int(s) for s in np.flatnonzero(self._open()[DONE][:])]
 
     def read_shard(self, s: int) -> tuple[np.ndarray, np.ndarray]:
