@@ -111,7 +111,7 @@ class RenderResult:
         )
         return (
             f"rendered {self.samples_rendered} samples in {format_duration(self.seconds)} "
-            f"({self.samples_per_second:.1f} samples/s, {self.workers} "
+            f"({self.samples_per_second:.1f} samples/s while rendering, {self.workers} "
             f"worker{'s' if self.workers != 1 else ''}){resumed}; store {self.url}: "
             f"{self.n} samples, {format_bytes(self.bytes_on_disk)} on disk "
             f"({format_bytes(per)}/sample); {self.normals} normals, "

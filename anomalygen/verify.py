@@ -231,6 +231,9 @@ def _check_pools(store: st.SampleStore, arrays: Any, report: VerifyReport) -> bo
             report.problem("pools", f"{pool}_info: unreadable ({_one_line(err)})")
             ok = False
             continue
+        if not arrays[f"{pool}_done"][:].all():
+            ok = False  # reported with the flags; its images cannot be checked yet
+            continue
         usable = sum(1 for i in infos if i.get("usable"))
         if len(infos) != count:
             report.problem("pools", f"{pool}: {len(infos)} records for {count} slots")
