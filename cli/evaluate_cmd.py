@@ -39,6 +39,10 @@ _SCORING = typer.Option(
 )
 
 
+def _stderr(message: str) -> None:
+    typer.echo(message, err=True)
+
+
 def _load(checkpoint: Path, device: str, scoring: str):  # -> (detector, torch.device)
     from resynth_models.evaluate import resolve_device
 
@@ -143,6 +147,7 @@ def evaluate(
         n_overlays=overlays,
         workers=workers,
         checkpoint=str(checkpoint),
+        log=_stderr if quiet else None,  # without the progress display, skips still print
     )
     typer.echo(result.markdown().split("\n## Overlays")[0].rstrip())
     if result.skipped:
@@ -189,6 +194,7 @@ def predict(
         save_maps=save_maps,
         progress=not quiet,
         workers=workers,
+        log=_stderr if quiet else None,
     )
     rows = sorted(result.predictions, key=lambda r: r.score, reverse=True)
     if len(rows) <= 20:

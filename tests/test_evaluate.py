@@ -319,6 +319,7 @@ def test_cli_evaluate(folder_layout: Path, tmp_path: Path, capsys, monkeypatch) 
     assert code == 0, stderr
     assert "| AUROC | ACC | AUPR |" in stdout and "normal vs abnormal" in stdout
     assert "1 image(s) skipped" in stderr
+    assert "skipped abnormal/broken.jpg: " in stderr  # named with its reason, even with -q
     data = json.loads((out / "metrics.json").read_text())
     assert data["detector"]["checkpoint"] == str(run) and data["n_scored"] == 6
     assert _in_unit(data["pixel_level"]["aupr"])
