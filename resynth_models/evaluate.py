@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -143,12 +144,12 @@ def prefetch(
 
     iterator = iter(items)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resynth-load") as pool:
-        pending: list[tuple[Any, Future]] = []
+        pending: deque[tuple[Any, Future]] = deque()
         try:
             for item in itertools.islice(iterator, workers * READ_AHEAD):
                 pending.append((item, pool.submit(safe, item)))
             while pending:
-                item, future = pending.pop(0)
+                item, future = pending.popleft()
                 value, error = future.result()
                 for nxt in itertools.islice(iterator, 1):
                     pending.append((nxt, pool.submit(safe, nxt)))
@@ -164,8 +165,8 @@ def anomaly_maps(
     """The detector's maps (B, H, W) float32 in [0, 1] for RGB uint8 images (H, W, 3).
 
     uint8 goes to the device (a quarter of float's bytes) and becomes float (B, 3, H, W) in
-    [0, 1] there; under ``torch.no_grad``, with bf16 autocast on CUDA when ``amp``. Raises
-    :class:`AnomalygenError` if the detector returns NaN or values outside [0, 1].
+    [0, 1] there; under ``torch.no_grad``, with bf16 autocast on CUDA when ``amp``. Values are
+    clipped to [0, 1]; NaN or infinite values raise :class:`AnomalygenError` (a broken model).
     """
     batch = torch.from_numpy(np.stack(images))
     if device.type == "cuda":
