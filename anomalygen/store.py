@@ -78,6 +78,11 @@ ZSTD_LEVEL = 1
 DEFAULT_SHARD_SIZE = 64
 #: Slots per pool shard: small, so that phase 1 spreads a few dozen photographs over workers.
 POOL_SHARD_SIZE = 8
+#: Pools are stored uncompressed (with checksums), whatever ``--codec`` says: every sample reads
+#: two pool images, and with thousands of source photographs most of those reads miss a worker's
+#: cache. A zstd-compressed normal costs about 12 ms to read at 768 px, an uncompressed one about
+#: 3 ms (docs/store-format.md); the pools are a small part of a store (M << N).
+POOL_CODEC = "none"
 
 #: Keys of the group attributes that define a render's content: a resumed render must match
 #: them all. ``sources`` / ``textures`` are compared by file names and sizes only (the content
@@ -265,7 +270,9 @@ def create_store(
     comp = compressors(codec)
     n_shards = -(-n // shard_size)
 
-    def images(name: str, count: int, shard: int, channels: bool, dims: tuple[str, ...]) -> None:
+    def images(
+        name: str, count: int, shard: int, channels: bool, dims: tuple[str, ...], codecs=comp
+    ) -> None:
         shape = (count, size, size, 3) if channels else (count, size, size)
         chunk = (1, *shape[1:])
         group.create_array(
@@ -274,7 +281,7 @@ def create_store(
             dtype="uint8",
             chunks=chunk,
             shards=(min(shard, max(count, 1)), *shape[1:]),
-            compressors=comp,
+            compressors=codecs,
             fill_value=0,
             dimension_names=dims,
         )
@@ -312,9 +319,10 @@ def create_store(
     flags(DONE, n_shards, "shard")
     for pool, count in pools.items():
         dim = pool[:-1]  # "normal", "texture"
-        images(pool, count, POOL_SHARD_SIZE, True, (dim, "y", "x", "rgb"))
+        raw = compressors(POOL_CODEC)
+        images(pool, count, POOL_SHARD_SIZE, True, (dim, "y", "x", "rgb"), raw)
         if pool == NORMALS:
-            images(f"{pool}_fov", count, POOL_SHARD_SIZE, False, (dim, "y", "x"))
+            images(f"{pool}_fov", count, POOL_SHARD_SIZE, False, (dim, "y", "x"), raw)
         per_item(f"{pool}_info", count, POOL_SHARD_SIZE, str, dim)
         flags(f"{pool}_done", -(-count // POOL_SHARD_SIZE), f"{dim}_shard")
     group.attrs.update(attrs)

@@ -155,6 +155,15 @@ def render(
         int,
         typer.Option("--shard-size", help="Samples per shard.", min=1, rich_help_panel=STORE),
     ] = DEFAULT_SHARD_SIZE,
+    cache_mb: Annotated[
+        int,
+        typer.Option(
+            "--cache-mb",
+            help="Memory per worker for decoded source photographs (raise it for large --src).",
+            min=1,
+            rich_help_panel=STORE,
+        ),
+    ] = 256,
     codec: Annotated[
         str,
         typer.Option(
@@ -302,6 +311,7 @@ def render(
             strict=strict,
             overwrite=overwrite,
             progress=not quiet,
+            cache_mb=cache_mb,
         )
     except RenderInterrupted as err:
         typer.echo(str(err), err=True)
