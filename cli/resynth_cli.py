@@ -15,8 +15,9 @@ app = typer.Typer(
 )
 
 # Each command's parsing lives in its own module; registration order is the order in --help.
-from cli import evaluate_cmd  # noqa: E402
+from cli import evaluate_cmd, train_cmd  # noqa: E402
 
+app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("predict")(evaluate_cmd.predict)
 

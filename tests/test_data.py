@@ -327,7 +327,7 @@ def real_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_real_store_loader_with_workers(real_store: str) -> None:
     import anomalygen
-    from resynth_models.data import worker_init
+    from resynth_models.data import worker_context, worker_init
 
     store = anomalygen.open_store(real_store)
     ds = SyntheticDataset(store, 32, GeometryConfig(), seed=0, with_fov=True)
@@ -335,7 +335,11 @@ def test_real_store_loader_with_workers(real_store: str) -> None:
     batches = {}
     for workers in (0, 2):
         loader = torch.utils.data.DataLoader(
-            ds, batch_sampler=sampler, num_workers=workers, worker_init_fn=worker_init
+            ds,
+            batch_sampler=sampler,
+            num_workers=workers,
+            worker_init_fn=worker_init,
+            multiprocessing_context=worker_context() if workers else None,
         )
         batches[workers] = list(loader)
     assert len(batches[0]) == 4
