@@ -298,7 +298,7 @@ def _open_or_create(
     n: int,
 ) -> None:
     """Create the store, or check that the one there was started with the same parameters."""
-    existing = _existing_attrs(loc)
+    existing = st.read_attrs(loc)
     if existing is not None and existing:
         if not overwrite:
             diffs = st.parameter_differences(existing, params)
@@ -331,22 +331,6 @@ def _open_or_create(
         )
     except OSError as err:
         raise StoreError(f"{loc}: cannot create the store ({_os_reason(err)})") from None
-
-
-def _existing_attrs(loc: st.StoreLocation) -> dict[str, Any] | None:
-    """The attributes of the store at ``loc``; ``{}`` for a group whose creation was cut short
-    (no attributes yet); None if there is no Zarr group."""
-    import zarr
-
-    try:
-        group = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
-    except Exception:
-        return None
-    attrs = dict(group.attrs)
-    if not attrs:
-        return {}
-    st.check_format(loc, attrs)
-    return attrs
 
 
 def _os_reason(err: BaseException) -> str:

@@ -64,6 +64,10 @@ DONE = "done"
 NORMALS = "normals"
 TEXTURES = "textures"
 POOLS = (NORMALS, TEXTURES)
+ARRAY_NAMES = frozenset(
+    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DONE]
+    + [f"{pool}{suffix}" for pool in POOLS for suffix in ("", "_fov", "_info", "_done")]
+)
 
 #: Codec names accepted by ``--codec``. Every chunk also carries a CRC32C checksum, so that
 #: ``anomalygen verify`` catches any corrupted byte (zstd alone misses many bit flips).
@@ -158,14 +162,6 @@ class StoreLocation:
         import fsspec
 
         return fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))
-
-    def exists(self) -> bool:
-        """Whether anything (a store or not) is at this address."""
-        path = self.local_path
-        if path is not None:
-            return path.exists()
-        fs, root = self.fs()
-        return bool(fs.exists(root))
 
     def is_empty(self) -> bool:
         """True if nothing or an empty folder is at this address."""
@@ -365,22 +361,23 @@ def remove_partial_files(loc: StoreLocation) -> int:
 
 
 def read_attrs(loc: StoreLocation) -> dict[str, Any] | None:
-    """The store's group attributes, or None if no Zarr group is at ``loc``.
+    """The attributes of the store at ``loc``, format checked.
 
-    Raises :class:`StoreError` if a group is there but is not an anomalygen store of a version
-    this code reads.
+    None if no Zarr group is there; ``{}`` for a group left by a store creation that was cut
+    short (no attributes yet and nothing but this format's arrays). Raises :class:`StoreError`
+    for any other group (not an anomalygen store, or a version this code does not read).
     """
     import zarr
 
     try:
         group = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
-    except (FileNotFoundError, KeyError):
+    except Exception:  # zarr raises several types for "no group here"
         return None
-    except Exception as err:  # zarr raises several types for "not a group"
-        if type(err).__name__ in ("GroupNotFoundError", "NodeNotFoundError"):
-            return None
-        raise StoreError(f"{loc}: cannot read the store ({_one_line(err)})") from None
     attrs = dict(group.attrs)
+    if not attrs:
+        names = {key.split("/")[0] for key in loc.list_keys("")} - {"zarr.json"}
+        if all(name in ARRAY_NAMES or name.endswith(".partial") for name in names):
+            return {}
     check_format(loc, attrs)
     return attrs
 

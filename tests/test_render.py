@@ -283,6 +283,12 @@ def test_bad_destinations(sources: Path, tmp_path) -> None:
         with pytest.raises(StoreError, match="exists and is not an anomalygen store"):
             _render(documents, sources, n=4, overwrite=overwrite)
     assert (documents / "thesis.txt").read_text() == "precious"
+    # Someone else's Zarr group, even without attributes, is never cleared.
+    foreign = tmp_path / "foreign.zarr"
+    zarr.open_group(str(foreign), mode="w").create_array("data", shape=(3,), dtype="int32")
+    with pytest.raises(StoreError, match="not an anomalygen store"):
+        _render(foreign, sources, n=4, overwrite=True)
+    assert (foreign / "data" / "zarr.json").is_file()
     with pytest.raises(ConfigError, match="does not exist"):
         _render(tmp_path / "x.zarr", tmp_path / "no_such_folder", n=4)
 
