@@ -392,7 +392,8 @@ def info(
         ),
     ]
     for pool, counts in pools.items():
-        rows.append((pool, f"{counts['usable']} usable of {counts['slots']} files"))
+        usable = counts["usable"] if counts["usable"] is not None else "? (not prepared yet)"
+        rows.append((pool, f"{usable} usable of {counts['slots']} files"))
     rows.append(
         (
             "skipped",
