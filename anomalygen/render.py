@@ -598,7 +598,8 @@ class _Runner:
                 except BrokenProcessPool:
                     raise _TaskFailed(
                         _task_name(method, args),
-                        "a worker process died (out of memory, or killed)",
+                        "a worker process died: out of memory, killed, or a script that "
+                        "calls render() without an `if __name__ == '__main__':` guard",
                     ) from None
                 except Exception as err:
                     raise _TaskFailed(_task_name(method, args), _os_reason(err)) from err
