@@ -216,6 +216,7 @@ def live_preview(
     max_images: int = 32,
     labels: str | Path | None = None,
     where: Sequence[str] = (),
+    labels_column: str | None = None,
 ) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Prepare photographs from ``src`` and draw ``n`` freshly generated samples.
 
@@ -236,7 +237,7 @@ def live_preview(
     config = config or GeneratorConfig()
     if config.source != "fundus":
         raise ConfigError("preview --src draws fundus-sourced lesions; preview a store instead")
-    files = find_sources(src, labels=labels, where=where).files
+    files = find_sources(src, labels=labels, where=where, labels_column=labels_column).files
     if len(files) > max_images:
         picks = np.linspace(0, len(files) - 1, max_images).round().astype(int)
         files = tuple(files[k] for k in picks)

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from cli import options as opt
 from cli.common import fail
-from cli.render_cmd import GENERATOR, generator_config
+from cli.render_cmd import generator_config
 
 
 def preview(
@@ -41,40 +42,16 @@ def preview(
         int,
         typer.Option("--max-images", help="Live preview: photographs to prepare at most.", min=1),
     ] = 32,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="Generator config JSON.", rich_help_panel=GENERATOR),
-    ] = None,
-    lesions: Annotated[
-        str | None,
-        typer.Option("--lesions", help="Lesions per sample, MIN-MAX.", rich_help_panel=GENERATOR),
-    ] = None,
-    p_normal: Annotated[
-        float | None,
-        typer.Option(
-            "--p-normal", help="Probability of a normal sample.", rich_help_panel=GENERATOR
-        ),
-    ] = None,
-    crop_fraction: Annotated[
-        str | None,
-        typer.Option(
-            "--crop-fraction",
-            help="Lesion crop side / image side, MIN-MAX.",
-            rich_help_panel=GENERATOR,
-        ),
-    ] = None,
-    alpha: Annotated[
-        float | None,
-        typer.Option("--alpha", help="Self-mix alpha (Eq. 3).", rich_help_panel=GENERATOR),
-    ] = None,
-    blend: Annotated[
-        str | None,
-        typer.Option("--blend", help="selfmix or paste.", rich_help_panel=GENERATOR),
-    ] = None,
-    mask: Annotated[
-        str | None,
-        typer.Option("--mask", help="perlin or crop.", rich_help_panel=GENERATOR),
-    ] = None,
+    labels: opt.Labels = None,
+    labels_column: opt.LabelsColumn = None,
+    where: opt.Where = None,
+    config: opt.ConfigFile = None,
+    lesions: opt.Lesions = None,
+    p_normal: opt.PNormal = None,
+    crop_fraction: opt.CropFraction = None,
+    alpha: opt.Alpha = None,
+    blend: opt.Blend = None,
+    mask: opt.MaskKind = None,
 ) -> None:
     """Draw a contact sheet: each sample with its lesion outlines, a zoom on its first lesion and
     the source crop C_s it came from, labelled with the augmentations used."""
@@ -87,12 +64,16 @@ def preview(
         generator_options = (config, lesions, p_normal, crop_fraction, alpha, blend, mask)
         if any(v is not None for v in generator_options):
             fail("preview STORE: generator options apply to --src/--demo previews only")
+        if labels is not None or where:
+            fail("preview STORE: --labels and --where select photographs for --src previews")
         picks = parse_indices(indices) if indices else None
         sheet = store_preview(store, n=n, indices=picks, tile=tile, columns=columns)
         skipped: list[tuple[str, str]] = []
     else:
         if indices:
             fail("--indices applies to store previews only")
+        if demo and (labels is not None or where):
+            fail("--demo: --labels and --where select from --src, not from the demo photographs")
         if demo:
             from anomalygen.demo import demo_folder
 
@@ -108,7 +89,7 @@ def preview(
         )
         sheet, skipped = live_preview(
             src, n=n, seed=seed, size=size, config=gen, tile=tile, columns=columns,
-            max_images=max_images,
+            max_images=max_images, labels=labels, where=where or (), labels_column=labels_column,
         )  # fmt: skip
     for name, reason in skipped:
         typer.echo(f"skipped {name}: {reason}", err=True)

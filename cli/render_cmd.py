@@ -17,11 +17,10 @@ import typer
 
 from anomalygen.errors import ConfigError
 from anomalygen.store import DEFAULT_SHARD_SIZE
+from cli import options as opt
 from cli.common import EXIT_INTERRUPTED, fail
 
-GENERATOR = "Generator"
 STORE = "Store"
-SOURCES = "Sources"
 
 
 # ------------------------------------------------------------------------------------------
@@ -112,40 +111,11 @@ def render(
             "--out", help="Store to write: a folder (.zarr) or a URL (file://, s3://, memory://)."
         ),
     ],
-    src: Annotated[
-        Path | None,
-        typer.Option(
-            "--src",
-            help="Normal fundus photographs: a folder (searched recursively) or a text file "
-            "listing image paths.",
-            rich_help_panel=SOURCES,
-        ),
-    ] = None,
-    demo: Annotated[
-        bool,
-        typer.Option(
-            "--demo",
-            help="Use the built-in demo photographs (scikit-image's CC0 retina) instead of --src.",
-            rich_help_panel=SOURCES,
-        ),
-    ] = False,
-    labels: Annotated[
-        Path | None,
-        typer.Option(
-            "--labels",
-            help="Labels CSV (EyeQ: Label_EyeQ_train.csv) to select images with --where.",
-            rich_help_panel=SOURCES,
-        ),
-    ] = None,
-    where: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--where",
-            help="Keep CSV rows with COLUMN=VALUE (repeatable; e.g. --where DR_grade=0 "
-            "--where quality=0).",
-            rich_help_panel=SOURCES,
-        ),
-    ] = None,
+    src: opt.Src = None,
+    demo: opt.Demo = False,
+    labels: opt.Labels = None,
+    labels_column: opt.LabelsColumn = None,
+    where: opt.Where = None,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 768,
     seed: Annotated[int, typer.Option("--seed", help="Sample i depends on (seed, i) only.")] = 0,
     workers: Annotated[
@@ -170,78 +140,22 @@ def render(
             "--codec", help="Compression: zstd (level 1), blosc-lz4 or none.", rich_help_panel=STORE
         ),
     ] = "zstd",
-    lesions: Annotated[
-        str | None,
-        typer.Option(
-            "--lesions",
-            help="Lesions per anomalous sample, MIN-MAX (default: 1-4).",
-            rich_help_panel=GENERATOR,
-        ),
-    ] = None,
-    p_normal: Annotated[
-        float | None,
-        typer.Option(
-            "--p-normal",
-            help="Probability that a sample stays normal (default: 0.5).",
-            rich_help_panel=GENERATOR,
-        ),
-    ] = None,
-    crop_fraction: Annotated[
-        str | None,
-        typer.Option(
-            "--crop-fraction",
-            help="Lesion crop side as a fraction of the image side, MIN-MAX (default: 0.015-0.2).",
-            rich_help_panel=GENERATOR,
-        ),
-    ] = None,
-    alpha: Annotated[
-        float | None,
-        typer.Option(
-            "--alpha",
-            help="Self-mix scaling factor alpha of Eq. 3 (default: 0.7).",
-            rich_help_panel=GENERATOR,
-        ),
-    ] = None,
-    source: Annotated[
-        str | None,
-        typer.Option(
-            "--source",
-            help="Lesion source: fundus or texture (default: fundus).",
-            rich_help_panel=GENERATOR,
-        ),
-    ] = None,
+    lesions: opt.Lesions = None,
+    p_normal: opt.PNormal = None,
+    crop_fraction: opt.CropFraction = None,
+    alpha: opt.Alpha = None,
+    source: opt.Source = None,
     texture_dir: Annotated[
         Path | None,
         typer.Option(
             "--texture-dir",
             help="Texture images for --source texture (e.g. DTD).",
-            rich_help_panel=GENERATOR,
+            rich_help_panel=opt.GENERATOR,
         ),
     ] = None,
-    blend: Annotated[
-        str | None,
-        typer.Option(
-            "--blend",
-            help="selfmix (Eq. 4) or paste (default: selfmix).",
-            rich_help_panel=GENERATOR,
-        ),
-    ] = None,
-    mask: Annotated[
-        str | None,
-        typer.Option(
-            "--mask",
-            help="Lesion mask: perlin or crop (default: perlin).",
-            rich_help_panel=GENERATOR,
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="Generator config JSON (options above override it).",
-            rich_help_panel=GENERATOR,
-        ),
-    ] = None,
+    blend: opt.Blend = None,
+    mask: opt.MaskKind = None,
+    config: opt.ConfigFile = None,
     no_clahe: Annotated[
         bool, typer.Option("--no-clahe", help="Skip CLAHE when preparing the photographs.")
     ] = False,
@@ -286,7 +200,7 @@ def render(
 
         src = demo_folder()
     assert src is not None
-    sources = find_sources(src, labels=labels, where=where or ())
+    sources = find_sources(src, labels=labels, where=where or (), labels_column=labels_column)
     textures = find_sources(texture_dir) if texture_dir is not None else None
     if sources.missing_from_labels:
         missing = sources.missing_from_labels
