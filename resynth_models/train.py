@@ -1,10 +1,21 @@
 """Two-stage training of ReSynthDetect from an anomalygen store: a plain torch loop.
 
+    resynth train --data synth.zarr --out runs/exp1                  # both stages (GPU, 768 px)
+    resynth train --data synth.zarr --out runs/cpu --preset small    # 2-core CPU, 256 px
+    resynth train --data synth.zarr --out runs/exp1 --resume         # after an interruption
+    torchrun --nproc_per_node 4 -m cli.resynth_cli train --data synth.zarr --out runs/ddp
+
 Stage 1 (paper 3.1): the autoencoder E_r/D_r (:class:`ReconstructionNet`) learns to reconstruct
 the store's normal photographs with the L2 loss of Eq. 1. Stage 2 (paper 3.2): the localisation
 network E_l/D_l, fed with the FROZEN E_r's features at every level, learns to find the synthetic
 lesions M_G in I_G with the focal loss of Eq. 2 (tau = 2). ``rec_features`` "random" and "none"
 (Table 3) need no stage 1; "trained" and "image" take E_r (and D_r) from it.
+
+Losses over the whole image: Eq. 1 includes the black border outside the field of view (FOV),
+as the paper writes it; D_r learns that border in a few steps, after which it only scales the
+loss by the FOV's share of the image (pi/4 for a full circle), so masking it would change only the
+learning rate's meaning. Validation, in contrast, counts pixels inside the FOV only, as the
+evaluation does.
 
 Read :func:`train` top to bottom: open the store, check the run folder, then per stage build
 the data, the model and the optimiser, restore a saved state when resuming, and loop:

@@ -1,0 +1,193 @@
+"""Training throughput on this machine, and whether the data loader keeps up.
+
+    python benchmarks/bench_train.py [--sizes 256 768] [--presets default small] [--n 96]
+                                     [--steps 2] [--workers 1 2] [--device cpu]
+
+1. Training samples/s of :func:`resynth_models.train.train_step` (forward, loss, backward,
+   AdamW step) for each stage, network preset and image size, on random images and masks
+   (the step's cost does not depend on the pixel values). One untimed warm-up step per row,
+   then ``--steps`` timed steps; batch 4 at 256 px, 1 at 768 px on the CPU.
+2. The DataLoader alone, reading a 768x768 store made by ``anomalygen render`` (``--n``
+   samples from ``../shared/data/fundus-normal``, or synthetic photographs where it is absent,
+   rendered into a temporary folder and deleted at the end) through the training datasets with
+   augmentation, with 0 (in-process), 1 and 2 worker processes: samples/s, and per worker.
+
+Target (issue 4): the loader delivers at least 5x the samples/s a training step consumes here;
+its per-worker rate says how many workers a GPU's step rate needs. The last lines print both.
+
+Measured on the 2-core dev machine (torch 2.13 CPU, 2 threads, `--steps 1`): default preset at
+768 px 0.11 (stage 1) and 0.08 (stage 2) samples/s, small preset at 256 px 3.7 and 2.9; the
+768 px loader 39-52 samples/s with one worker (60-75 in-process), i.e. 127x-478x what a CPU
+step consumes; one worker feeds about 33-40 samples/s of a GPU's step rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from resynth_models.networks import PRESETS, ReconstructionNet, ReSynthDetect  # noqa: E402
+from resynth_models.train import TrainConfig, make_optimizer, train_step  # noqa: E402
+
+PHOTOS = ROOT.parent / "shared" / "data" / "fundus-normal"
+
+
+def bench_step(preset: str, stage: int, size: int, batch: int, steps: int, device) -> float:
+    """Training samples/s of one stage."""
+    cfg = PRESETS[preset]
+    torch.manual_seed(0)
+    if stage == 1:
+        model = ReconstructionNet(cfg.rec_width, cfg.rec_depth, cfg.norm).to(device)
+        params = model.parameters()
+    else:
+        model = ReSynthDetect(cfg).to(device)
+        params = model.trainable_parameters()
+    opt = make_optimizer(params, TrainConfig(), device)
+    x = torch.rand(batch, 3, size, size, device=device)
+    masks = (torch.rand(batch, size, size, device=device) > 0.97).float()
+    model.train()
+    train_step(model, opt, x, masks, stage=stage)  # warm-up: allocations, oneDNN kernels
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss, _ = train_step(model, opt, x, masks, stage=stage)
+    float(loss)  # waits for the device
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def make_store(folder: Path, n: int, size: int) -> str:
+    from anomalygen.render import render
+
+    src = PHOTOS
+    if not any(PHOTOS.glob("*.jpg")):
+        from PIL import Image
+
+        from tests.synthetic import make_fundus
+
+        src = folder / "normals"
+        src.mkdir()
+        for k in range(6):
+            Image.fromarray(make_fundus(900 + 40 * k, seed=k)).save(src / f"n{k}.png")
+    out = folder / "bench.zarr"
+    render(out, src, n, size=size, seed=0, workers=2, progress=False)
+    return str(out)
+
+
+def bench_loader(url: str, stage: int, workers: int, batch: int = 8) -> float:
+    """Samples/s through a DataLoader over three passes, excluding its first batch (worker
+    start-up)."""
+    import anomalygen
+    from resynth_models.data import (
+        GeometryConfig,
+        NormalsDataset,
+        StreamBatchSampler,
+        SyntheticDataset,
+        worker_context,
+        worker_init,
+    )
+
+    store = anomalygen.open_store(url)
+    if stage == 1:
+        ds = NormalsDataset(store, None, GeometryConfig(), seed=0)
+    else:
+        ds = SyntheticDataset(store, None, GeometryConfig(), seed=0)
+    n_batches = max(3, 3 * len(store) // batch)  # three passes, each newly augmented
+    sampler = StreamBatchSampler(len(ds), batch, seed=0, stage=stage, stop_step=n_batches)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=sampler,
+        num_workers=workers,
+        worker_init_fn=worker_init if workers else None,
+        multiprocessing_context=worker_context() if workers else None,
+        prefetch_factor=4 if workers else None,
+    )
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    count = sum(len(b["image"]) for b in it)
+    return count / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 768])
+    parser.add_argument("--presets", nargs="+", default=["default", "small"])
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per row")
+    parser.add_argument("--n", type=int, default=96, help="samples in the 768 px loader store")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-loader", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, device {device}, load "
+        f"average {load:.2f} at start"
+    )
+    train_rates: dict[tuple[str, int, int], float] = {}
+    if not args.skip_train:
+        print("\n| preset | stage | size | batch | samples/s | s/sample |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for preset in args.presets:
+            for size in args.sizes:
+                batch = 4 if size <= 256 or device.type == "cuda" else 1
+                for stage in (1, 2):
+                    rate = bench_step(preset, stage, size, batch, args.steps, device)
+                    train_rates[(preset, stage, size)] = rate
+                    print(
+                        f"| {preset} | {stage} | {size} | {batch} | {rate:.3f} | {1 / rate:.2f} |",
+                        flush=True,
+                    )
+
+    if args.skip_loader:
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    try:
+        t0 = time.perf_counter()
+        url = make_store(tmp, args.n, 768)
+        print(f"\n# loader store: {args.n} samples at 768 px, rendered in "
+              f"{time.perf_counter() - t0:.1f}s into {url}")  # fmt: skip
+        print("\n| dataset | workers | samples/s | samples/s per worker |")
+        print("|---|---:|---:|---:|")
+        loader_rates: dict[tuple[int, int], float] = {}
+        for stage in (1, 2):
+            for workers in [0, *args.workers]:
+                rate = bench_loader(url, stage, workers)
+                loader_rates[(stage, workers)] = rate
+                per = rate / workers if workers else rate
+                name = "normals (stage 1)" if stage == 1 else "synthetic (stage 2)"
+                print(f"| {name} | {workers} | {rate:.1f} | {per:.1f} |", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    if train_rates and 768 in args.sizes:
+        print()
+        for preset in args.presets:
+            for stage in (1, 2):
+                train = train_rates[(preset, stage, 768)]
+                one = loader_rates[(stage, min(args.workers))]
+                print(
+                    f"# {preset} stage {stage} at 768: the loader with {min(args.workers)} "
+                    f"worker gives {one / train:.0f}x the {train:.3f} samples/s a step consumes"
+                )
+    per_worker = min(loader_rates[(2, w)] / w for w in args.workers)
+    print(f"# a GPU step rate of R samples/s at 768 px needs about R / {per_worker:.0f} workers")
+
+
+if __name__ == "__main__":
+    main()
