@@ -208,7 +208,7 @@ def _stopper(at: tuple[int, int]):
 
 def _run_files_are_json_or_safetensors(run: Path) -> None:
     for path in run.rglob("*"):
-        if path.is_dir():
+        if path.is_dir() or "tb" in path.relative_to(run).parts:  # TensorBoard's own events
             continue
         data = path.read_bytes()
         if path.suffix == ".safetensors":
