@@ -67,7 +67,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from anomalygen.config import from_dict, to_dict
-from anomalygen.errors import ConfigError, StoreError
+from anomalygen.errors import AnomalygenError, ConfigError, StoreError
 from resynth_models import checkpoint as ckpt
 from resynth_models.data import (
     NO_AUGMENT,
@@ -1070,9 +1070,15 @@ def _train_stage(
             while step < total:
                 try:
                     batch = next(batches)
-                except Exception:
+                except Exception as err:
                     if stop.requested:  # Ctrl-C also reached the workers
                         break
+                    if config.workers and "exited unexpectedly" in str(err):
+                        raise AnomalygenError(
+                            f"--workers {config.workers}: a DataLoader worker died ({err}); "
+                            "workers start from a fork server, so a script that calls train() "
+                            "needs `if __name__ == '__main__':`; or pass --workers 0"
+                        ) from None
                     raise
                 lr = learning_rate(
                     step, lr=config.lr, min_lr=config.min_lr, warmup=warmup, total=total
