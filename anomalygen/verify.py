@@ -130,16 +130,17 @@ def verify_store(
 
 
 def _check_layout(store: st.SampleStore, arrays: Any, report: VerifyReport) -> None:
-    n, size, k = len(store), store.size, store.shard_size
+    n, size = len(store), store.size
+    k = min(store.shard_size, max(n, 1))  # create_store clips shards to a short array
     pools = store.attrs.get("pools", {})
     expected: dict[str, tuple[tuple, str, tuple, tuple | None]] = {
         st.IMAGE: ((n, size, size, 3), "uint8", (1, size, size, 3), (k, size, size, 3)),
         st.MASK: ((n, size, size), "uint8", (1, size, size), (k, size, size)),
-        st.TARGET: ((n,), "int32", (min(k, n),), None),
-        st.SOURCE: ((n,), "int32", (min(k, n),), None),
-        st.AREA: ((n,), "int32", (min(k, n),), None),
-        st.LESIONS: ((n,), "uint16", (min(k, n),), None),
-        st.META: ((n,), None, (min(k, n),), None),
+        st.TARGET: ((n,), "int32", (k,), None),
+        st.SOURCE: ((n,), "int32", (k,), None),
+        st.AREA: ((n,), "int32", (k,), None),
+        st.LESIONS: ((n,), "uint16", (k,), None),
+        st.META: ((n,), None, (k,), None),
         st.DONE: ((store.n_shards,), "uint8", (1,), None),
     }
     ps = int(store.attrs.get("pool_shard_size", st.POOL_SHARD_SIZE))
@@ -304,7 +305,9 @@ def _check_meta(
     if pools_ok:
         n_sources = len(store.textures) if store.source_pool == st.TEXTURES else n_normals
     size = store.size
-    parsed: dict[int, dict] = {}
+    # Only the "normal" flag is needed later; keeping every parsed dict would cost ~1 GB at
+    # 200,000 samples.
+    normal = np.zeros(len(store), dtype=bool)
     for s in np.flatnonzero(done == 1):
         for i in store.shard_range(int(s)):
             where = f"sample {i} (shard {s})"
@@ -313,7 +316,7 @@ def _check_meta(
             except ValueError:
                 report.problem("meta", f"{where}: meta is not valid JSON")
                 continue
-            parsed[i] = meta
+            normal[i] = bool(meta.get("normal"))
             t, src = int(out[st.TARGET][i]), int(out[st.SOURCE][i])
             if n_normals is not None and not 0 <= t < n_normals:
                 report.problem("meta", f"{where}: target {t} out of range (0..{n_normals - 1})")
@@ -347,7 +350,7 @@ def _check_meta(
                         limit is not None and (y1 > limit or x1 > limit)
                     ):
                         report.problem("meta", f"{where}: lesion {key} {box} outside the image")
-    out["parsed"] = parsed
+    out["normal"] = normal
     return out
 
 
@@ -383,8 +386,7 @@ def _check_shard(
             report.problem(
                 "contract", f"{where}: mask has {area} pixels, metadata says {meta[st.AREA][i]}"
             )
-        parsed = meta.get("parsed", {}).get(i) if meta else None
-        if parsed is not None and parsed.get("normal") and area:
+        if meta and meta["normal"][i] and area:
             report.problem("contract", f"{where}: a normal sample with a non-empty mask")
         if normals is None or not meta:
             continue

@@ -49,6 +49,14 @@ def test_good_store_passes(good: Path) -> None:
     assert "OK" in full.summary()
 
 
+def test_store_shorter_than_one_shard_passes(tmp_path: Path) -> None:
+    src = write_sources(tmp_path / "normals")
+    out = tmp_path / "short.zarr"
+    render(str(out), src, 3, size=32, shard_size=SHARD, workers=1, progress=False)
+    report = verify_store(str(out), full=True)
+    assert report.ok, report.problems
+
+
 def test_truncated_shard_is_caught_by_the_spot_check(copy: Path) -> None:
     shard = copy / st.shard_key("image", 1, ndim=4)
     data = shard.read_bytes()
