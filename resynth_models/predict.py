@@ -120,15 +120,17 @@ def find_inputs(inputs: Sequence[str | Path]) -> list[InputImage]:
             found.append(InputImage(path.name, path))
         else:
             raise ConfigError(f"{entry}: no such file or folder")
+    # Outputs are named after the input without its suffix, so "a.jpg" and "a.png" would share
+    # "a.png": names must be unique once the suffix is gone.
     used: set[str] = set()
     unique: list[InputImage] = []
     for item in found:
         name, k = item.name, 1
-        while name.lower() in used:
+        while _output_name(name).lower() in used:
             k += 1
             stem = PurePosixPath(item.name)
             name = str(stem.with_name(f"{stem.stem}-{k}{stem.suffix}"))
-        used.add(name.lower())
+        used.add(_output_name(name).lower())
         unique.append(InputImage(name, item.path))
     return unique
 

@@ -122,3 +122,11 @@ def test_cli_predict(photos: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     assert (
         code == 1 and stderr.strip() == f"error: {tmp_path / 'nowhere.jpg'}: no such file or folder"
     )
+
+
+def test_inputs_sharing_a_stem_get_distinct_outputs(tmp_path: Path) -> None:
+    for name in ("a.jpg", "a.png", "A.tif"):
+        (tmp_path / name).write_bytes(b"")
+    names = [item.name for item in find_inputs(sorted(tmp_path.iterdir()))]
+    stems = [n.rsplit(".", 1)[0].lower() for n in names]
+    assert len(set(stems)) == 3, names
