@@ -161,7 +161,10 @@ class StoreLocation:
         """``(fsspec filesystem, path)`` of a non-local store."""
         import fsspec
 
-        return fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))
+        try:
+            return fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))
+        except (ImportError, ValueError) as err:  # e.g. s3:// without s3fs installed
+            raise StoreError(f"{self.url}: cannot open this URL ({_one_line(err)})") from None
 
     def is_empty(self) -> bool:
         """True if nothing or an empty folder is at this address."""
