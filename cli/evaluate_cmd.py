@@ -15,8 +15,6 @@ import typer
 from cli.common import fail
 
 DATASETS = ("idrid", "eyeq", "folder")
-IDRID_SPLITS = ("test", "train", "all")
-IDRID_DEFAULT_SPLIT = "all"  # the paper's Table 2: all 81 abnormal images (both IDRiD splits)
 
 _CHECKPOINT = typer.Option(
     "--checkpoint", help="Run folder written by `resynth train` (RUN/config.json, weights)."
@@ -108,8 +106,6 @@ def evaluate(
         fail(f"--dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
     if split is not None and dataset != "idrid":
         fail(f"--split is for --dataset idrid, not {dataset}")
-    if split is not None and split not in IDRID_SPLITS:
-        fail(f"--split must be one of {', '.join(IDRID_SPLITS)}; got {split!r}")
     if labels is not None and dataset != "eyeq":
         fail(f"--labels is for --dataset eyeq, not {dataset}")
     if normal_dir is not None and dataset != "idrid":
@@ -120,13 +116,8 @@ def evaluate(
     from resynth_models.datasets import open_eval_set
     from resynth_models.evaluate import evaluate as run_evaluate
 
-    eval_set = open_eval_set(
-        dataset,
-        root,
-        normal_dir=normal_dir,
-        labels_csv=labels,
-        split=split or IDRID_DEFAULT_SPLIT,
-    )
+    splits = {} if split is None else {"split": split}  # None: the library's default, "all"
+    eval_set = open_eval_set(dataset, root, normal_dir=normal_dir, labels_csv=labels, **splits)
     detector, dev = _load(checkpoint, device, scoring)
     out_dir = out if out is not None else checkpoint / f"eval-{dataset}"
     typer.echo(f"{eval_set.description}", err=True)

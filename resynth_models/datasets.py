@@ -65,6 +65,8 @@ IDRID_SPLITS = {
     "test": ("b. Testing Set",),
     "all": ("a. Training Set", "b. Testing Set"),
 }
+#: The paper's Table 2 scores all 81 abnormal segmentation images: both IDRiD splits.
+IDRID_DEFAULT_SPLIT = "all"
 #: EyeQ's test labels (columns ``image``, ``quality`` 0 good / 1 usable / 2 reject, ``DR_grade``).
 EYEQ_LABELS_CSV = "Label_EyeQ_test.csv"
 EYEQ_QUALITY = {0: "good", 1: "usable", 2: "reject"}
@@ -247,7 +249,7 @@ _IDRID_MASK = re.compile(
 
 
 def idrid_items(
-    root: str | Path, split: str = "test", normal_dir: str | Path | None = None
+    root: str | Path, split: str = IDRID_DEFAULT_SPLIT, normal_dir: str | Path | None = None
 ) -> EvalSet:
     """IDRiD's segmentation images (abnormal) with their lesion masks, plus optional normals.
 
@@ -261,7 +263,7 @@ def idrid_items(
     photographs (e.g. IDRiD's grade-0 images), label 0 with an empty mask.
     """
     if split not in IDRID_SPLITS:
-        raise ConfigError(f"IDRiD split must be one of {', '.join(IDRID_SPLITS)}, got {split!r}")
+        raise ConfigError(f"--split: must be one of {', '.join(IDRID_SPLITS)}, got {split!r}")
     top = Path(root).expanduser()
     seg = next(
         (c for c in (top / IDRID_SEGMENTATION, top) if (c / IDRID_IMAGES).is_dir()),
@@ -276,6 +278,9 @@ def idrid_items(
     problems: list[str] = []
     for folder in IDRID_SPLITS[split]:
         image_dir, truth_dir = seg / IDRID_IMAGES / folder, seg / IDRID_GROUNDTRUTHS / folder
+        if split == "all" and not image_dir.is_dir() and not truth_dir.is_dir():
+            problems.append(f"{folder}: not in this copy of IDRiD ({image_dir} is missing)")
+            continue  # a partial copy (one split) still makes an "all" set
         for needed in (image_dir, truth_dir):
             if not needed.is_dir():
                 raise AnomalygenError(f"IDRiD layout not found: expected the folder {needed}")
@@ -294,6 +299,8 @@ def idrid_items(
                 problems.append(f"{path.name}: no lesion mask in {truth_dir} (its mask is empty)")
             items.append(EvalItem(path.name, path, label=1, mask_paths=found, segmented=True))
         problems += [f"{p}: lesion mask without an image" for ps in masks.values() for p in ps]
+    if not items:
+        raise AnomalygenError(f"IDRiD layout not found: no split folder under {seg / IDRID_IMAGES}")
     n_abnormal = len(items)
     if normal_dir is not None:
         items += _normal_items(normal_dir)
@@ -481,7 +488,7 @@ def open_eval_set(
     *,
     normal_dir: str | Path | None = None,
     labels_csv: str | Path | None = None,
-    split: str = "test",
+    split: str = IDRID_DEFAULT_SPLIT,
 ) -> EvalSet:
     """The adapter for ``kind`` ("idrid", "eyeq" or "folder"), for command-line shells."""
     if kind == "idrid":

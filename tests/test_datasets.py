@@ -86,7 +86,7 @@ def idrid_layout(tmp_path: Path) -> Path:
 
 
 def test_idrid_generated_layout(idrid_layout: Path, tmp_path: Path) -> None:
-    dataset = idrid_items(idrid_layout)
+    dataset = idrid_items(idrid_layout, split="test")
     assert [item.name for item in dataset] == ["IDRiD_55.jpg", "IDRiD_56.jpg", "IDRiD_57.jpg"]
     assert all(item.label == 1 and item.segmented for item in dataset)
     first = dataset[0]
@@ -114,14 +114,15 @@ def test_idrid_generated_layout(idrid_layout: Path, tmp_path: Path) -> None:
     _, empty = load_item(dataset[2], SIZE)  # abnormal without any mask file: empty, not None
     assert empty is not None and not empty.any()
 
-    # the root may be given at "A. Segmentation"; "all" takes both splits
-    assert len(idrid_items(idrid_layout / SEG)) == 3
-    both = idrid_items(idrid_layout, split="all")
+    # the root may be given at "A. Segmentation"; "all" (the default, the paper's Table 2)
+    # takes both splits
+    assert len(idrid_items(idrid_layout / SEG, split="test")) == 3
+    both = idrid_items(idrid_layout)
     assert both[0].name == "IDRiD_01.jpg" and len(both) == 4
 
 
 def test_idrid_normals_and_errors(idrid_layout: Path, fundus_folder: Path, tmp_path: Path) -> None:
-    dataset = idrid_items(idrid_layout, normal_dir=fundus_folder)
+    dataset = idrid_items(idrid_layout, split="test", normal_dir=fundus_folder)
     normals = [item for item in dataset if item.label == 0]
     assert len(normals) == 6 and dataset.n_abnormal == 3 and dataset.n_normal == 6
     assert normals[0].name.startswith("normal/") and normals[0].segmented
@@ -156,7 +157,7 @@ def test_mask_size_and_bad_files_raise_image_error(idrid_layout: Path, tmp_path:
 def test_idrid_real_photographs(shared_data: Path, tmp_path: Path) -> None:
     """idrid-mini: the real EX mask lands on the exudates of the prepared image; union with a
     second lesion type and an ignored optic-disc mask on a layout linking the real files."""
-    dataset = idrid_items(shared_data / "idrid-mini")  # test split: IDRiD_55
+    dataset = idrid_items(shared_data / "idrid-mini", split="test")  # IDRiD_55
     assert [item.name for item in dataset] == ["IDRiD_55.jpg"] and not dataset.problems
     item = dataset[0]
     raw = read_mask(item.mask_paths[0])
