@@ -131,15 +131,16 @@ def prefetch(
     items: Iterable[Any], load: Callable[[Any], Any], workers: int
 ) -> Iterator[tuple[Any, Any, BaseException | None]]:
     """``(item, load(item), None)`` or ``(item, None, error)`` for each item, in order, while up
-    to ``workers * READ_AHEAD`` later items load in ``workers`` threads. Only the project's errors
-    and OSError/ValueError are caught per item; anything else propagates."""
+    to ``workers * READ_AHEAD`` later items load in ``workers`` threads. The project's errors,
+    OSError/ValueError and OpenCV's errors (an odd image) are caught per item; anything else,
+    a bug, propagates."""
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
 
     def safe(item: Any) -> tuple[Any, BaseException | None]:
         try:
             return load(item), None
-        except (AnomalygenError, OSError, ValueError) as err:
+        except (AnomalygenError, OSError, ValueError, cv2.error) as err:
             return None, err
 
     iterator = iter(items)

@@ -12,6 +12,7 @@ import csv
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -247,12 +248,22 @@ def test_prefetch_keeps_order_and_reports_errors() -> None:
     def load(k: int) -> int:
         if k % 3 == 0:
             raise ValueError(f"bad {k}")
+        if k == 4:  # OpenCV's own error type, as an odd image can raise
+            cv2.resize(np.zeros((0, 0), np.uint8), (4, 4))
         return k * k
 
     got = list(prefetch(range(10), load, workers=3))
     assert [item for item, _, _ in got] == list(range(10))
-    assert [v for k, v, e in got if e is None] == [k * k for k in range(10) if k % 3]
-    assert [str(e) for _, _, e in got if e is not None] == ["bad 0", "bad 3", "bad 6", "bad 9"]
+    assert [v for k, v, e in got if e is None] == [k * k for k in range(10) if k % 3 and k != 4]
+    errors = [(k, e) for k, _, e in got if e is not None]
+    assert [k for k, _ in errors] == [0, 3, 4, 6, 9]
+    assert isinstance(errors[2][1], cv2.error) and str(errors[0][1]) == "bad 0"
+
+    def buggy(k: int) -> int:
+        raise KeyError(k)  # a bug is not a bad image: it must propagate
+
+    with pytest.raises(KeyError):
+        list(prefetch(range(3), buggy, workers=2))
 
 
 def test_resolve_device() -> None:
