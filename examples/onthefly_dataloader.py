@@ -4,7 +4,8 @@
 make ReSynthDetect's fundus-consistent lesions itself instead of reading a pre-rendered store:
 
     dataset = OnTheFlyLesions(folder, size=256, seed=0)
-    loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=4)
+    loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=4,
+                        multiprocessing_context="spawn")
     for epoch in range(epochs):
         dataset.set_epoch(epoch)          # before the loader starts this epoch's workers
         for images, masks, index in loader:
@@ -104,6 +105,15 @@ class OnTheFlyLesions(Dataset):
         return image, mask, index
 
 
+def workers_args(workers: int) -> dict:
+    """DataLoader arguments for ``workers`` processes, started by "spawn": a worker forked after
+    OpenCV's thread pool has run in this process (``load_fundus`` does) can hang inside OpenCV.
+    Spawn costs a second or two per worker at the start of each epoch."""
+    if workers == 0:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "multiprocessing_context": "spawn"}
+
+
 def contact_sheet(images: torch.Tensor, masks: torch.Tensor, columns: int = 4) -> np.ndarray:
     """An RGB grid of a batch with each lesion outlined in green."""
     tiles = []
@@ -145,7 +155,7 @@ def main() -> None:
     # Determinism: the first batch of epoch 1 with 0 workers and with --workers workers.
     def first_batch(workers: int) -> tuple[torch.Tensor, ...]:
         dataset.set_epoch(1)
-        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=workers)
+        loader = DataLoader(dataset, batch_size=args.batch_size, **workers_args(workers))
         return next(iter(loader))
 
     serial, parallel = first_batch(0), first_batch(args.workers)
@@ -159,9 +169,9 @@ def main() -> None:
         dataset,
         batch_size=args.batch_size,
         shuffle=True,
-        num_workers=args.workers,
         generator=torch.Generator().manual_seed(args.seed),
         drop_last=False,
+        **workers_args(args.workers),
     )
     for epoch in range(args.epochs):
         dataset.set_epoch(epoch)
