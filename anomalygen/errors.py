@@ -22,3 +22,11 @@ class StoreError(AnomalygenError):
 
 class ConfigError(AnomalygenError, ValueError):
     """An option or configuration value is out of range or inconsistent."""
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line, for error reports: an OSError's reason and file
+    ("No such file or directory (x.png)"), else its text with newlines folded, else its type."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror + (f" ({err.filename})" if err.filename else "")
+    return " ".join(str(err).split()) or type(err).__name__

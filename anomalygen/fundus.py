@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from anomalygen.errors import ConfigError, ImageError
+from anomalygen.errors import ConfigError, ImageError, one_line
 
 __all__ = [
     "CLAHE_CLIP_LIMIT",
@@ -140,7 +140,7 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except FileNotFoundError:
         raise ImageError(f"{name}: file not found") from None
     except OSError as err:
-        raise ImageError(f"{name}: cannot read ({_one_line(err)})") from None
+        raise ImageError(f"{name}: cannot read ({one_line(err)})") from None
     if nbytes == 0:
         raise ImageError(f"{name}: empty file (0 bytes)")
 
@@ -155,7 +155,7 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageError(f"{name}: image too large ({_one_line(err)})") from None
+        raise ImageError(f"{name}: image too large ({one_line(err)})") from None
     except UnidentifiedImageError:
         raise ImageError(
             f"{name}: not a recognised image (unknown format, or not an image at all)"
@@ -163,22 +163,17 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except FileNotFoundError:
         raise ImageError(f"{name}: file not found") from None
     except PermissionError as err:
-        raise ImageError(f"{name}: cannot read ({_one_line(err)})") from None
+        raise ImageError(f"{name}: cannot read ({one_line(err)})") from None
     except MemoryError:
         raise ImageError(f"{name}: not enough memory to decode this image") from None
     except EOFError:
         raise ImageError(f"{name}: truncated image data (file ends early)") from None
     except Exception as err:  # Pillow's decoders raise OSError, SyntaxError, ValueError, zlib...
-        reason = _one_line(err)
+        reason = one_line(err)
         if "truncat" in reason.lower():
             raise ImageError(f"{name}: truncated image data ({reason})") from None
         raise ImageError(f"{name}: corrupt or unsupported image data ({reason})") from None
     return _to_rgb8(upright, name)
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
@@ -233,7 +228,7 @@ def _to_rgb8(im: Image.Image, name: str) -> np.ndarray:
     try:
         return np.array(im.convert("RGB"))
     except ValueError as err:
-        raise ImageError(f"{name}: unsupported pixel format {mode!r} ({_one_line(err)})") from None
+        raise ImageError(f"{name}: unsupported pixel format {mode!r} ({one_line(err)})") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from anomalygen import store as st
-from anomalygen.errors import AnomalygenError, ConfigError, ImageError, StoreError
+from anomalygen.errors import AnomalygenError, ConfigError, ImageError, StoreError, one_line
 from anomalygen.progress import Progress, format_bytes, format_duration
 from anomalygen.sources import SourceList, find_sources
 
@@ -330,13 +330,7 @@ def _open_or_create(
             pools={name: len(listing.files) for name, listing in pools.items()},
         )
     except OSError as err:
-        raise StoreError(f"{loc}: cannot create the store ({_os_reason(err)})") from None
-
-
-def _os_reason(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror + (f": {err.filename}" if err.filename else "")
-    return " ".join(str(err).split()) or type(err).__name__
+        raise StoreError(f"{loc}: cannot create the store ({one_line(err)})") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -577,7 +571,7 @@ class _Runner:
                 except (AnomalygenError, KeyboardInterrupt):
                     raise
                 except Exception as err:
-                    raise _TaskFailed(_task_name(method, args), _os_reason(err)) from err
+                    raise _TaskFailed(_task_name(method, args), one_line(err)) from err
             return
         assert self._pool is not None
         # Keep a bounded number of tasks queued: a Ctrl-C then waits for little work.
@@ -602,7 +596,7 @@ class _Runner:
                         "calls render() without an `if __name__ == '__main__':` guard",
                     ) from None
                 except Exception as err:
-                    raise _TaskFailed(_task_name(method, args), _os_reason(err)) from err
+                    raise _TaskFailed(_task_name(method, args), one_line(err)) from err
                 yield result
 
     def abort(self) -> None:
@@ -918,7 +912,7 @@ class _LocalLock:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as err:
-            raise StoreError(f"{self.loc}: cannot create the store ({_os_reason(err)})") from None
+            raise StoreError(f"{self.loc}: cannot create the store ({one_line(err)})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -976,7 +970,7 @@ class _ObjectLock:
             self._write()
         except OSError as err:
             raise StoreError(
-                f"{self.loc}: cannot write the lock {self.url} ({_os_reason(err)})"
+                f"{self.loc}: cannot write the lock {self.url} ({one_line(err)})"
             ) from None
         time.sleep(0.05)  # two renders starting together: the last writer wins, the other sees it
         held = self._read()

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from anomalygen.errors import StoreError
+from anomalygen.errors import StoreError, one_line
 
 __all__ = [
     "CODECS",
@@ -155,7 +155,7 @@ class StoreLocation:
                 self.url, storage_options=self.storage_options, read_only=read_only
             )
         except (ImportError, ValueError) as err:
-            raise StoreError(f"{self.url}: cannot open this URL ({_one_line(err)})") from None
+            raise StoreError(f"{self.url}: cannot open this URL ({one_line(err)})") from None
 
     def fs(self) -> tuple[Any, str]:
         """``(fsspec filesystem, path)`` of a non-local store."""
@@ -164,7 +164,7 @@ class StoreLocation:
         try:
             return fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))
         except (ImportError, ValueError) as err:  # e.g. s3:// without s3fs installed
-            raise StoreError(f"{self.url}: cannot open this URL ({_one_line(err)})") from None
+            raise StoreError(f"{self.url}: cannot open this URL ({one_line(err)})") from None
 
     def is_empty(self) -> bool:
         """True if nothing or an empty folder is at this address."""
@@ -220,11 +220,6 @@ def location(url: str | os.PathLike | StoreLocation, storage_options=None) -> St
     if isinstance(url, StoreLocation):
         return url
     return StoreLocation(os.fspath(url), storage_options)
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 # ------------------------------------------------------------------------------------------
@@ -550,7 +545,7 @@ class _Arrays:
                 "NodeNotFoundError",
             ):
                 raise StoreError(f"{loc}: no store there") from None
-            raise StoreError(f"{loc}: cannot open the store ({_one_line(err)})") from None
+            raise StoreError(f"{loc}: cannot open the store ({one_line(err)})") from None
         self._cache: dict[str, Any] = {}
         self.loc = loc
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from anomalygen import store as st
-from anomalygen.errors import StoreError
+from anomalygen.errors import StoreError, one_line
 from anomalygen.progress import Progress
 
 __all__ = ["VerifyReport", "verify_store"]
@@ -229,7 +229,7 @@ def _check_pools(store: st.SampleStore, arrays: Any, report: VerifyReport) -> bo
         try:
             infos = store.pool_info(pool)
         except Exception as err:
-            report.problem("pools", f"{pool}_info: unreadable ({_one_line(err)})")
+            report.problem("pools", f"{pool}_info: unreadable ({one_line(err)})")
             ok = False
             continue
         if not arrays[f"{pool}_done"][:].all():
@@ -275,7 +275,7 @@ def _check_pool_data(
                     image = arrays[pool][j]
                     fov = arrays[f"{pool}_fov"][j] if pool == st.NORMALS else None
                 except Exception as err:
-                    report.problem("unreadable", f"{pool} slot {j}: unreadable ({_one_line(err)})")
+                    report.problem("unreadable", f"{pool} slot {j}: unreadable ({one_line(err)})")
                     ok = False
                     continue
                 if fov is None:
@@ -297,7 +297,7 @@ def _check_meta(
             out[name] = arrays[name][:]
         metas = arrays[st.META][:]
     except Exception as err:
-        report.problem("meta", f"per-sample metadata unreadable ({_one_line(err)})")
+        report.problem("meta", f"per-sample metadata unreadable ({one_line(err)})")
         return {}
     done = arrays[st.DONE][:]
     n_normals = len(store.normals) if pools_ok else None
@@ -373,7 +373,7 @@ def _check_shard(
         else:
             pairs = [(i, arrays[st.IMAGE][i], arrays[st.MASK][i]) for i in indices]
     except Exception as err:
-        report.problem("unreadable", f"shard {s}: unreadable ({_one_line(err)})")
+        report.problem("unreadable", f"shard {s}: unreadable ({one_line(err)})")
         return
     for i, image, mask in pairs:
         report.samples_checked += 1
@@ -396,7 +396,7 @@ def _check_shard(
         try:
             target, fov = normals.get(t)
         except Exception as err:
-            report.problem("unreadable", f"normal {t}: unreadable ({_one_line(err)})")
+            report.problem("unreadable", f"normal {t}: unreadable ({one_line(err)})")
             continue
         if np.any(mask & (fov == 0)):
             report.problem("contract", f"{where}: mask reaches outside the target's FOV")
@@ -424,7 +424,3 @@ class _Cache:
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
         return item  # type: ignore[return-value]
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__

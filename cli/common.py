@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import typer
 
-from anomalygen.errors import AnomalygenError
+from anomalygen.errors import AnomalygenError, one_line
 
 #: Exit codes: 0 success, 1 a user-fixable error, 2 bad usage (typer's own), 130 interrupted.
 EXIT_ERROR = 1
@@ -42,7 +42,7 @@ def run_app(app: typer.Typer, prog_name: str) -> None:
     except (OSError, MemoryError) as err:
         if debug:
             raise
-        typer.echo(f"error: {_describe_os_error(err)}", err=True)
+        typer.echo(f"error: {one_line(err)}", err=True)
         sys.exit(EXIT_ERROR)
     except Exception as err:  # the last line of defence: no traceback reaches a user
         if debug:
@@ -53,10 +53,3 @@ def run_app(app: typer.Typer, prog_name: str) -> None:
             err=True,
         )
         sys.exit(EXIT_ERROR)
-
-
-def _describe_os_error(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        where = f" ({err.filename})" if err.filename else ""
-        return f"{err.strerror}{where}"
-    return f"{type(err).__name__}: {err}"
