@@ -85,7 +85,7 @@ POOL_SHARD_SIZE = 8
 #: Pools are stored uncompressed (with checksums), whatever ``--codec`` says: every sample reads
 #: two pool images, and with thousands of source photographs most of those reads miss a worker's
 #: cache. A zstd-compressed normal costs about 12 ms to read at 768 px, an uncompressed one about
-#: 3 ms (docs/store-format.md); the pools are a small part of a store (M << N).
+#: 5 ms (docs/store-format.md); the pools are a small part of a store (M << N).
 POOL_CODEC = "none"
 
 #: Keys of the group attributes that define a render's content: a resumed render must match

@@ -29,11 +29,9 @@ def run_app(app: typer.Typer, prog_name: str) -> None:
     """
     debug = bool(os.environ.get("ANOMALYGEN_DEBUG"))
     try:
-        # Standalone mode: typer itself reports usage errors (exit 2) and Ctrl-C (exit 1).
+        # Standalone mode: typer itself reports usage errors (exit 2) and turns an unhandled
+        # Ctrl-C into "Aborted!" (exit 1); long commands catch it first and exit 130.
         app(prog_name=prog_name)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
     except AnomalygenError as err:
         if debug:
             raise

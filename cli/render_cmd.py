@@ -16,7 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from anomalygen.errors import ConfigError
-from anomalygen.store import DEFAULT_SHARD_SIZE
+from anomalygen.render import DEFAULT_CACHE_MB
+from anomalygen.store import DEFAULT_CODEC, DEFAULT_SHARD_SIZE
 from cli import options as opt
 from cli.common import EXIT_INTERRUPTED, fail
 
@@ -133,13 +134,13 @@ def render(
             min=1,
             rich_help_panel=STORE,
         ),
-    ] = 256,
+    ] = DEFAULT_CACHE_MB,
     codec: Annotated[
         str,
         typer.Option(
             "--codec", help="Compression: zstd (level 1), blosc-lz4 or none.", rich_help_panel=STORE
         ),
-    ] = "zstd",
+    ] = DEFAULT_CODEC,
     lesions: opt.Lesions = None,
     p_normal: opt.PNormal = None,
     crop_fraction: opt.CropFraction = None,

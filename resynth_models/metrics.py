@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-#: Number of images the image score averages over (paper 4.1: "the top 10 pixels").
+#: Number of pixels the image score averages over (paper 4.1: "the top 10 pixels").
 TOP_K = 10
 
 #: The paper's reported rows for ReSynthDetect ("Ours"), for side-by-side tables.
