@@ -61,7 +61,9 @@ __all__ = [
 #: bounded share of a large one, where most reads miss (each miss costs about 5 ms at 768 px:
 #: rendering runs at about half the speed it reaches with a small source set).
 DEFAULT_CACHE_MB = 256
-#: A non-local lock whose heartbeat is older than this is taken over (seconds).
+#: A non-local lock whose heartbeat is older than this is taken over (seconds). Our choice: eight
+#: missed heartbeats, so a render is never taken over for a slow object store alone, while a
+#: crashed one blocks its resume for two minutes at most.
 LOCK_STALE_AFTER = 120.0
 LOCK_HEARTBEAT = 15.0
 #: Smallest image side the renderer accepts (the generator needs room for its crops).
@@ -233,6 +235,7 @@ def render(
     try:
         _open_or_create(loc, attrs, params, overwrite=overwrite, pools=pools, n=n)
         job = _Job(loc, pools, params, n_workers, cache_mb, strict, progress, progress_stream)
+        job.lock = lock
         try:
             job.run()
         finally:
@@ -364,6 +367,7 @@ class _Job:
         self.progress = progress
         self.stream = stream
         self.writer = st.StoreWriter(loc)
+        self.lock: _LocalLock | _ObjectLock | None = None
         self.runner: _Runner | None = None
         self.workers_used = 1
         self.shards_rendered = 0
@@ -378,6 +382,10 @@ class _Job:
     def close(self) -> None:
         if self.runner is not None:
             self.runner.close()
+
+    def _check_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.check()
             self.runner = None
 
     def _runner(self, tasks: int) -> _Runner:
@@ -419,6 +427,7 @@ class _Job:
             args = [(pool, k, items, size, clahe) for pool, k, items in tasks]
             try:
                 for result in runner.run("prepare_pool_shard", args):
+                    self._check_lock()
                     bar.advance(len(result["infos"]))
                     self._note_rss(result)
                     if self.strict:
@@ -498,6 +507,7 @@ class _Job:
         ) as bar:
             try:
                 for result in runner.run("render_shard", [(s,) for s in todo]):
+                    self._check_lock()
                     self.shards_rendered += 1
                     self.samples_rendered += result["samples"]
                     self.render_cpu += result["cpu"]
@@ -923,6 +933,9 @@ class _LocalLock:
             ) from None
         self._fd = fd
 
+    def check(self) -> None:
+        """The kernel holds a flock until release: it cannot be lost."""
+
     def release(self) -> None:
         if self._fd is not None:
             import fcntl
@@ -943,6 +956,7 @@ class _ObjectLock:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lost_to: str | None = None  # set by the heartbeat when another render took over
         self._fs, self._path = st.StoreLocation(self.url, loc.storage_options).fs()
 
     def _read(self) -> dict[str, Any] | None:
@@ -984,7 +998,22 @@ class _ObjectLock:
     def _beat(self) -> None:
         while not self._stop.wait(LOCK_HEARTBEAT):
             with contextlib.suppress(Exception):
+                held = self._read()
+                if held is not None and held.get("owner") != self.owner:
+                    # This render stalled past LOCK_STALE_AFTER and another took over: writing
+                    # the heartbeat now would hand the store to two writers.
+                    self._lost_to = str(held.get("owner"))
+                    return
                 self._write()
+
+    def check(self) -> None:
+        """Raise StoreError if another render has taken the lock over."""
+        if self._lost_to is not None:
+            raise StoreError(
+                f"{self.loc}: another render ({self._lost_to}) took over the lock {self.url} "
+                f"after this one stalled for over {LOCK_STALE_AFTER:.0f} s; stopping here "
+                "(completed shards are kept)"
+            )
 
     def release(self) -> None:
         self._stop.set()
