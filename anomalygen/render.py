@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -675,7 +674,7 @@ class _Worker:
         self.loc = st.StoreLocation(url, storage_options)
         self.writer = st.StoreWriter(self.loc)
         self._reader: st.SampleStore | None = None
-        self._cache = _LRU(cache_bytes)
+        self._cache = st.PoolCache(cache_bytes)
         self._gen: Any = None
         self._buffers: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -736,14 +735,6 @@ class _Worker:
         self._n_normals = len(self._normals)
         self._n_sources = len(self._sources)
 
-    def _pool_item(self, view: st.NormalsView, j: int) -> tuple[np.ndarray, np.ndarray | None]:
-        key = (view.pool, j)
-        item = self._cache.get(key)
-        if item is None:
-            item = view[j]
-            self._cache.put(key, item, sum(a.nbytes for a in item if a is not None))
-        return item
-
     def render_shard(self, shard: int) -> dict[str, Any]:
         from anomalygen.generator import sample_rng
 
@@ -764,8 +755,8 @@ class _Worker:
         for j, i in enumerate(range(start, stop)):
             rng = sample_rng(self._seed, i)
             t, s = draw_pair(rng, self._n_normals, self._n_sources if self._texture else None)
-            target, fov = self._pool_item(self._normals, t)
-            source, source_fov = self._pool_item(self._sources, s)
+            target, fov = self._cache.get(self._normals, t)
+            source, source_fov = self._cache.get(self._sources, s)
             sample = self._gen.generate(target, source, rng, fov=fov, source_fov=source_fov)
             images[j] = sample.image
             masks[j] = sample.mask
@@ -865,33 +856,6 @@ def _maxrss() -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
-
-
-class _LRU:
-    """A least-recently-used cache bounded by total bytes (at least one item is kept)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, key: Any) -> Any:
-        entry = self._items.get(key)
-        if entry is None:
-            return None
-        self._items.move_to_end(key)
-        return entry[0]
-
-    def put(self, key: Any, value: Any, nbytes: int) -> None:
-        self._items[key] = (value, nbytes)
-        self._bytes += nbytes
-        while self._bytes > self.capacity and len(self._items) > 1:
-            _, (_, size) = self._items.popitem(last=False)
-            self._bytes -= size
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._bytes = 0
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "FORMAT_VERSION",
     "POOL_SHARD_SIZE",
     "NormalsView",
+    "PoolCache",
     "SampleStore",
     "StoreLocation",
     "open_store",
@@ -849,3 +851,36 @@ class NormalsView:
         """The source file (relative name) that item ``j`` was prepared from."""
         slot = int(self.slots[j])
         return json.loads(str(self._store._open()[f"{self.pool}_info"][slot]))["name"]
+
+
+class PoolCache:
+    """Pool images (image, fov) read through :class:`NormalsView`, kept while they fit in
+    ``max_bytes`` (the least recently used go first; the last one read is always kept).
+
+    Render workers and ``verify`` read the same few normals many times: a normal at 768 px is
+    2.4 MB, and a read costs about 5 ms.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int], tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, view: NormalsView, j: int) -> tuple[np.ndarray, np.ndarray | None]:
+        key = (view.pool, j)
+        entry = self._items.get(key)
+        if entry is not None:
+            self._items.move_to_end(key)
+            return entry[0]
+        item = view[j]
+        nbytes = sum(a.nbytes for a in item if a is not None)
+        self._items[key] = (item, nbytes)
+        self._bytes += nbytes
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, (_, size) = self._items.popitem(last=False)
+            self._bytes -= size
+        return item
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0

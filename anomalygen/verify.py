@@ -17,7 +17,6 @@ Without ``full``, one random sample per shard plus ``samples`` more are read; wi
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +28,11 @@ from anomalygen.progress import Progress
 
 __all__ = ["VerifyReport", "verify_store"]
 
-#: Problems of one kind listed before the rest are summarised.
+#: Problems of one kind listed before the rest are summarised (ours: a screenful).
 MAX_LISTED = 20
+#: Memory for the normals that samples are compared with (ours: about 80 normals at 768 px,
+#: plenty when verify walks the samples shard by shard).
+VERIFY_CACHE_BYTES = 200 << 20
 
 
 @dataclass
@@ -99,7 +101,7 @@ def verify_store(
     meta = _check_meta(store, arrays, report, pools_ok)
 
     rng = np.random.default_rng(seed)
-    normals = _Cache(store.normals) if pools_ok else None
+    normals = _Targets(store.normals, st.PoolCache(VERIFY_CACHE_BYTES)) if pools_ok else None
     shards = sorted(complete)
     extra: dict[int, list[int]] = {}
     if not full and shards and samples > 0:
@@ -127,6 +129,14 @@ def verify_store(
 
 
 # ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """The normals that samples are checked against, read through a small cache."""
+
+    view: st.NormalsView
+    cache: st.PoolCache
 
 
 def _check_layout(store: st.SampleStore, arrays: Any, report: VerifyReport) -> None:
@@ -362,7 +372,7 @@ def _check_shard(
     indices: list[int],
     full: bool,
     meta: dict[str, Any],
-    normals: _Cache | None,
+    normals: _Targets | None,
 ) -> None:
     r = store.shard_range(s)
     try:
@@ -394,7 +404,7 @@ def _check_shard(
         if not 0 <= t < len(normals.view):
             continue  # reported with the metadata
         try:
-            target, fov = normals.get(t)
+            target, fov = normals.cache.get(normals.view, t)
         except Exception as err:
             report.problem("unreadable", f"normal {t}: unreadable ({one_line(err)})")
             continue
@@ -405,22 +415,3 @@ def _check_shard(
             report.problem(
                 "contract", f"{where}: image differs from its target normal {t} outside the mask"
             )
-
-
-class _Cache:
-    """A few decoded normals, for checking samples against their targets."""
-
-    def __init__(self, view: st.NormalsView, capacity: int = 32) -> None:
-        self.view = view
-        self.capacity = capacity
-        self._items: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-
-    def get(self, j: int) -> tuple[np.ndarray, np.ndarray]:
-        if j in self._items:
-            self._items.move_to_end(j)
-            return self._items[j]
-        item = self.view[j]
-        self._items[j] = item  # type: ignore[assignment]
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-        return item  # type: ignore[return-value]
