@@ -150,6 +150,23 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index)])))
 
 
+def draw_pair(
+    rng: np.random.Generator, n_normals: int, n_textures: int | None = None
+) -> tuple[int, int]:
+    """Target and source indices of a sample: the first draws of its rng (``sample_rng``).
+
+    The target is one of ``n_normals``; the source is another normal (when there are at least
+    two), or in texture mode one of ``n_textures``.
+    """
+    t = int(rng.integers(n_normals))
+    if n_textures is not None:
+        return t, int(rng.integers(n_textures))
+    if n_normals < 2:
+        return t, t
+    s = int(rng.integers(n_normals - 1))
+    return t, s + (s >= t)
+
+
 def _check_image(name: str, img: np.ndarray) -> None:
     if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
         shape = getattr(img, "shape", type(img).__name__)
@@ -192,8 +209,9 @@ def _place(
     return tried[int(np.argmax(coverage))]  # the first of the best
 
 
-def _tile_to(texture: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Repeat a texture smaller than (h, w) until it covers it."""
+def tile_to(texture: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Repeat a texture smaller than (h, w) until it covers it (texture-mode source boxes are in
+    this tiled image's coordinates)."""
     th, tw = texture.shape[:2]
     if th >= h and tw >= w:
         return texture
@@ -281,7 +299,7 @@ class AnomalyGenerator:
 
         # Where C_s comes from (inside the source FOV) and where C_t goes (inside the target FOV).
         if cfg.source == "texture":
-            source = _tile_to(source, h, w)
+            source = tile_to(source, h, w)
             sy, sx = _place(None, source.shape[:2], (h, w), rng, 1)
         else:
             sy, sx = _place(source_fov, source.shape[:2], (h, w), rng, cfg.placement_tries)

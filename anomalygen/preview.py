@@ -227,8 +227,7 @@ def live_preview(
     Returns the contact sheet (RGB uint8) and the skipped files as ``(name, reason)`` pairs.
     """
     from anomalygen.fundus import load_fundus
-    from anomalygen.generator import AnomalyGenerator, GeneratorConfig, sample_rng
-    from anomalygen.render import draw_pair
+    from anomalygen.generator import AnomalyGenerator, GeneratorConfig, draw_pair, sample_rng
     from anomalygen.sources import find_sources
 
     _check_counts(n, tile)

@@ -736,7 +736,7 @@ class _Worker:
         self._n_sources = len(self._sources)
 
     def render_shard(self, shard: int) -> dict[str, Any]:
-        from anomalygen.generator import sample_rng
+        from anomalygen.generator import draw_pair, sample_rng
 
         cpu0 = time.process_time()
         if self._gen is None:
@@ -792,23 +792,6 @@ def _limit_zarr_threads(n: int) -> Callable[[], None]:
         limited.shutdown(wait=False)
 
     return restore
-
-
-def draw_pair(
-    rng: np.random.Generator, n_normals: int, n_textures: int | None = None
-) -> tuple[int, int]:
-    """Target and source indices of a sample: the first draws of its rng (``sample_rng``).
-
-    The target is one of ``n_normals``; the source is another normal (when there are at least
-    two), or in texture mode one of ``n_textures``.
-    """
-    t = int(rng.integers(n_normals))
-    if n_textures is not None:
-        return t, int(rng.integers(n_textures))
-    if n_normals < 2:
-        return t, t
-    s = int(rng.integers(n_normals - 1))
-    return t, s + (s >= t)
 
 
 def _prepare_normal(path: str, name: str, size: int, clahe: bool) -> Any:

@@ -698,6 +698,8 @@ class SampleStore:
         ``crop`` the (h, w, 3) uint8 pixels of the source image inside ``source_box`` (what the
         augmentations were applied to). For contact sheets such as ``anomalygen preview``.
         """
+        from anomalygen.generator import tile_to  # OpenCV: only when a preview needs it
+
         meta = self.meta(i)
         if not meta["lesions"]:
             return []
@@ -706,10 +708,8 @@ class SampleStore:
         out = []
         for lesion in meta["lesions"]:
             y0, x0, y1, x1 = lesion["source_box"]
-            if meta["source_pool"] == TEXTURES:  # the generator tiles small textures
-                reps = (-(-y1 // source.shape[0]), -(-x1 // source.shape[1]), 1)
-                tiled = np.tile(source, reps) if max(reps) > 1 else source
-                crop = tiled[y0:y1, x0:x1]
+            if meta["source_pool"] == TEXTURES:  # boxes are in the tiled texture (generator)
+                crop = tile_to(source, y1, x1)[y0:y1, x0:x1]
             else:
                 crop = source[y0:y1, x0:x1]
             out.append(

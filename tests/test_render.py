@@ -19,9 +19,9 @@ import zarr
 from anomalygen import open_store
 from anomalygen import store as st
 from anomalygen.errors import ConfigError, ImageError, StoreError
-from anomalygen.generator import GeneratorConfig, sample_rng
+from anomalygen.generator import GeneratorConfig, draw_pair, sample_rng
 from anomalygen.progress import Progress
-from anomalygen.render import RenderInterrupted, draw_pair, render
+from anomalygen.render import RenderInterrupted, render
 from anomalygen.verify import verify_store
 from tests.badfiles import write_bad_files, write_odd_but_valid_files
 from tests.test_store import arrays_of, write_sources
