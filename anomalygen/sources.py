@@ -14,9 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from anomalygen.errors import ConfigError
+from anomalygen.errors import ConfigError, one_line
 
-__all__ = ["IMAGE_SUFFIXES", "SourceFile", "SourceList", "find_sources", "parse_where"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LabelsTable",
+    "SourceFile",
+    "SourceList",
+    "find_sources",
+    "parse_where",
+    "read_labels",
+]
 
 #: File name endings (lower case) taken as images when a folder is searched.
 IMAGE_SUFFIXES = frozenset(
@@ -176,32 +184,59 @@ def _file_keys(rel: str) -> set[str]:
     return {rel, _stem(rel), base, _stem(base)}
 
 
+@dataclass(frozen=True)
+class LabelsTable:
+    """A labels CSV (EyeQ's ``Label_EyeQ_*.csv``, IDRiD's grading CSVs...): its header and rows
+    with surrounding spaces stripped. Column names match case-insensitively everywhere."""
+
+    path: Path
+    header: tuple[str, ...]
+    rows: tuple[tuple[int, dict[str, str]], ...]  # (line number, {column: cell})
+
+    def column(self, name: str, what: str = "--labels") -> str:
+        """The header's spelling of column ``name``; ConfigError (prefixed ``what``) if absent."""
+        for col in self.header:
+            if col.lower() == name.strip().lower():
+                return col
+        shown = ", ".join(h for h in self.header if h) or "none"
+        raise ConfigError(f"{what}: {self.path.name} has no column {name!r} (columns: {shown})")
+
+
+def read_labels(path: str | os.PathLike, what: str = "--labels") -> LabelsTable:
+    """Read a labels CSV; ConfigError (prefixed ``what``) if it is missing or unreadable.
+    Blank rows are skipped; an unnamed first column (a pandas index) is kept as ``""``."""
+    path = Path(path).expanduser()
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = tuple(h.strip() for h in next(reader, []))
+            rows = []
+            for cells in reader:
+                if any(c.strip() for c in cells):
+                    row = {
+                        h: (cells[k].strip() if k < len(cells) else "")
+                        for k, h in enumerate(header)
+                    }
+                    rows.append((reader.line_num, row))
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{what}: cannot read {path} as CSV ({one_line(err)})") from None
+    return LabelsTable(path, header, tuple(rows))
+
+
 def _labels_names(path: Path, where: Sequence[str], column: str | None) -> set[str]:
     """The image names of the rows of the CSV at ``path`` that pass the ``where`` filters."""
+    table = read_labels(path)
+    name_col = table.column(column or DEFAULT_LABELS_COLUMN)
     filters: dict[str, list[str]] = {}
     for expr in where:
         col, value = parse_where(expr)
-        filters.setdefault(col, []).append(value)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = list(reader)
-    except FileNotFoundError:
-        raise ConfigError(f"--labels: {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ConfigError(f"--labels: cannot read {path} as CSV ({err})") from None
-    column = column or DEFAULT_LABELS_COLUMN
-    for col in [column, *filters]:
-        if col not in header:
-            shown = ", ".join(h for h in header if h) or "none"
-            option = "--labels" if col == column else "--where"
-            raise ConfigError(f"{option}: {path.name} has no column {col!r} (columns: {shown})")
+        filters.setdefault(table.column(col, "--where"), []).append(value)
     names: set[str] = set()
-    for row in rows:
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
-        if all(any(_equal(row.get(c, ""), v) for v in values) for c, values in filters.items()):
-            name = row.get(column, "").replace("\\", "/")
+    for _, row in table.rows:
+        if all(any(_equal(row[c], v) for v in values) for c, values in filters.items()):
+            name = row[name_col].replace("\\", "/")
             if name:
                 names.add(name)
     return names

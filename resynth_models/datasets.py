@@ -21,7 +21,6 @@ layout raises :class:`~anomalygen.errors.AnomalygenError`, an unreadable image o
 
 from __future__ import annotations
 
-import csv
 import itertools
 import re
 import warnings
@@ -34,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from anomalygen.errors import AnomalygenError, ConfigError, ImageError
 from anomalygen.fundus import MAX_PIXELS, PreparedFundus, apply_square, prepare_fundus, read_image
-from anomalygen.sources import IMAGE_SUFFIXES
+from anomalygen.sources import IMAGE_SUFFIXES, read_labels
 
 __all__ = [
     "EYEQ_LABELS_CSV",
@@ -382,40 +381,25 @@ def _stem(name: str) -> str:
 
 def _read_eyeq_csv(path: Path) -> list[tuple[int, str, int, int]]:
     """(line number, image, quality, DR grade) per row; raises AnomalygenError on a bad file."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = [h.strip() for h in next(reader, [])]
-            rows = [(reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise AnomalygenError(f"EyeQ: cannot read {path} as CSV ({err})") from None
-    columns = {}
-    for needed in ("image", "quality", "DR_grade"):
-        lower = [h.lower() for h in header]
-        if needed.lower() not in lower:
-            shown = ", ".join(h for h in header if h) or "none"
-            raise AnomalygenError(f"EyeQ: {path} has no column {needed!r} (columns: {shown})")
-        columns[needed] = lower.index(needed.lower())
+    table = read_labels(path, what="EyeQ")
+    image, quality, grade = (table.column(c, "EyeQ") for c in ("image", "quality", "DR_grade"))
     out = []
-    for line, row in rows:
-        if not any(cell.strip() for cell in row):
-            continue
-        cells = {k: (row[i].strip() if i < len(row) else "") for k, i in columns.items()}
+    for line, row in table.rows:
         values = []
-        for key, allowed in (("quality", range(3)), ("DR_grade", range(5))):
+        for key, allowed in ((quality, range(3)), (grade, range(5))):
             try:
-                value = float(cells[key])
+                value = float(row[key])
             except ValueError:
                 value = -1.0
             if not value.is_integer() or int(value) not in allowed:
                 raise AnomalygenError(
-                    f"EyeQ: {path} line {line}: {key} {cells[key]!r} is not one of "
+                    f"EyeQ: {path} line {line}: {key} {row[key]!r} is not one of "
                     f"{', '.join(map(str, allowed))}"
                 )
             values.append(int(value))
-        if not cells["image"]:
+        if not row[image]:
             raise AnomalygenError(f"EyeQ: {path} line {line}: empty image name")
-        out.append((line, cells["image"], values[0], values[1]))
+        out.append((line, row[image], values[0], values[1]))
     return out
 
 

@@ -87,6 +87,11 @@ def test_eyeq_csv_filters(tmp_path: Path) -> None:
     ]
     # No filter: every CSV row that has a file.
     assert len(find_sources(tmp_path / "train", labels=csv)) == 5
+    # Column names match case-insensitively, as in resynth evaluate's EyeQ reader.
+    found = find_sources(
+        tmp_path / "train", labels=csv, where=["dr_grade=0", "QUALITY=0"], labels_column="Image"
+    )
+    assert [f.name for f in found.files] == ["10_left.png", "15_left.png"]
 
 
 def test_csv_names_match_with_or_without_extension(tmp_path: Path) -> None:
