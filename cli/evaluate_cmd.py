@@ -42,7 +42,7 @@ def _stderr(message: str) -> None:
 
 
 def _load(checkpoint: Path, device: str, scoring: str):  # -> (detector, torch.device)
-    from resynth_models.evaluate import resolve_device
+    from resynth_models.devices import resolve_device
 
     if not checkpoint.exists():
         fail(f"--checkpoint: {checkpoint} does not exist (a run folder from `resynth train`)")

@@ -43,6 +43,7 @@ from safetensors.torch import save as st_save
 
 from anomalygen.config import from_dict
 from anomalygen.errors import ConfigError, StoreError
+from resynth_models.devices import resolve_device
 from resynth_models.networks import (
     NetworkConfig,
     ReconstructionNet,
@@ -515,9 +516,7 @@ def load_detector(
         else:
             model = ReconstructionNet(network.rec_width, network.rec_depth, network.norm)
     load_module_weights(model, tensors, str(path))
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     model = model.to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -53,6 +53,7 @@ from anomalygen.fundus import PreparedFundus
 from anomalygen.progress import Progress
 from resynth_models import overlay as draw
 from resynth_models.datasets import EvalItem, EvalSet, load_item
+from resynth_models.devices import detector_device, resolve_device
 from resynth_models.metrics import (
     PAPER_TABLE1,
     PixelMetrics,
@@ -71,7 +72,6 @@ __all__ = [
     "anomaly_maps",
     "evaluate",
     "prefetch",
-    "resolve_device",
 ]
 
 EVAL_FORMAT = {"format": "resynth-evaluation", "format_version": 1}
@@ -95,28 +95,6 @@ class DetectorLike(Protocol):
 
 # ---------------------------------------------------------------------------------------------
 # Shared with predict: device, prefetching, batched inference
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` (CUDA where available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
-    raises :class:`ConfigError` for an unknown name or CUDA without a GPU."""
-    if isinstance(name, torch.device):
-        return name
-    text = str(name).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if re.fullmatch(r"cuda(:\d+)?", text):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available here (use cpu or auto)")
-        device = torch.device(text)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
-            )
-        return device
-    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got {name!r}")
 
 
 def default_workers() -> int:
@@ -480,7 +458,7 @@ def evaluate(
     eval_set: EvalSet,
     out_dir: str | Path | None,
     batch_size: int = 4,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     threshold: float = 0.5,
     progress: bool = True,
     *,
@@ -516,7 +494,7 @@ def evaluate(
         raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
     if len(eval_set) == 0:
         raise AnomalygenError(f"nothing to evaluate: {eval_set.description or 'empty set'}")
-    device = resolve_device(device)
+    device = resolve_device(device if device is not None else detector_device(detector))
     workers = default_workers() if workers is None else workers
     pixel = PixelMetrics(thresholds=(threshold,)) if eval_set.has_pixel_labels else None
     gallery = _Gallery(n_overlays, eval_set.has_pixel_labels)

@@ -36,12 +36,12 @@ from anomalygen.fundus import PreparedFundus, load_fundus
 from anomalygen.progress import Progress
 from anomalygen.sources import IMAGE_SUFFIXES, find_sources
 from resynth_models import overlay as draw
+from resynth_models.devices import detector_device, resolve_device
 from resynth_models.evaluate import (
     DetectorLike,
     anomaly_maps,
     default_workers,
     prefetch,
-    resolve_device,
 )
 from resynth_models.metrics import image_score
 
@@ -161,7 +161,7 @@ def predict(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     batch_size: int = 4,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     threshold: float = 0.5,
     save_maps: bool = False,
     progress: bool = True,
@@ -180,7 +180,7 @@ def predict(
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
-    device = resolve_device(device)
+    device = resolve_device(device if device is not None else detector_device(detector))
     images = find_inputs(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

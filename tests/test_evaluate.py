@@ -21,7 +21,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomalygen.errors import AnomalygenError, ConfigError
 from resynth_models.datasets import eyeq_items, folder_items, idrid_items, load_item
-from resynth_models.evaluate import anomaly_maps, evaluate, prefetch, resolve_device
+from resynth_models.devices import resolve_device
+from resynth_models.evaluate import anomaly_maps, evaluate, prefetch
 from resynth_models.networks import NetworkConfig, build_model
 from tests.synthetic import make_fundus
 
@@ -349,7 +350,7 @@ def test_cli_evaluate(folder_layout: Path, tmp_path: Path, capsys, monkeypatch) 
         (["--dataset", "kaggle"], "--dataset must be one of idrid, eyeq, folder"),
         (["--split", "test"], "--split is for --dataset idrid"),
         (["--labels", "x.csv"], "--labels is for --dataset eyeq"),
-        (["--device", "tpu"], "--device must be auto, cpu, cuda"),
+        (["--device", "tpu"], "--device: must be auto, cpu, cuda"),
         (["--root", "/nonexistent/set"], "--root: /nonexistent/set does not exist"),
         (["--checkpoint", "/nonexistent/run"], "--checkpoint: /nonexistent/run does not exist"),
         (["--scoring", "reconstruction"], "no stage-1 weights"),
