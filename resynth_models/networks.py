@@ -35,7 +35,6 @@ from anomalygen.errors import ConfigError
 
 REC_FEATURES = ("trained", "random", "none", "image")  # the rows of the paper's Table 3
 NORMS = ("group", "batch", "instance")
-ACTS = ("relu", "silu")
 MAX_MULT_LOG2 = 3  # channel multiplier doubles per level up to 8x (DRAEM's encoders)
 
 
@@ -250,7 +249,10 @@ class Decoder(nn.Module):
             if self.skips:
                 x = torch.cat([features[-2 - k], x], dim=1)
             x = block(x)
-        return self.head(x)
+        # The 1x1 head runs in float32 even under autocast: bf16 logits keep 8 significant bits
+        # (a step of 0.06 at |logit| = 10), which would tie millions of pixel scores.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(x.float())
 
 
 class ReconstructionNet(nn.Module):

@@ -342,3 +342,14 @@ def test_head_starts_at_the_prior() -> None:
     model = make(tiny("none", 3, 4, head_prior=0.05))
     bias = model.loc_net.decoder.head.bias
     assert torch.allclose(torch.sigmoid(bias), torch.tensor([0.05]))
+
+
+def test_logits_are_float32_under_bf16_autocast() -> None:
+    """bf16 logits would tie most pixel scores; the 1x1 head runs in float32."""
+    config = NetworkConfig(rec_width=4, rec_depth=2, loc_width=4, loc_depth=2)
+    model = build_model(config).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        recon = model.rec_net(x)
+    assert logits.dtype == torch.float32 and recon.dtype == torch.float32
