@@ -173,14 +173,16 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) uint8 {0, 1} -> (size, size): when shrinking, an output pixel is 1 where more than
-    half of the area it covers is 1; nearest neighbour when enlarging."""
+def resize_mask(mask: np.ndarray, size: int, *, any_part: bool = False) -> np.ndarray:
+    """(H, W) uint8 {0, 1} -> (size, size), nearest neighbour when enlarging. When shrinking, an
+    output pixel is 1 where more than half of the area it covers is 1, or, with ``any_part``,
+    where any of it is: lesion masks use that, so a lesion of 2 px still visible in the shrunk
+    image is not dropped from M_G (the label would contradict the picture)."""
     if mask.shape[0] == size and mask.shape[1] == size:
         return mask
     if size < mask.shape[0]:
         frac = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-        return (frac > 0.5).astype(np.uint8)
+        return (frac > (0.0 if any_part else 0.5)).astype(np.uint8)
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
@@ -312,7 +314,7 @@ class SyntheticDataset(_StoreDataset):
         if self.with_fov:
             # I_G is its target photograph outside the lesions, so the target's FOV is I_G's.
             fov = resize_mask(self.store.normals[int(self.store.meta(i)["target"])][1], self.size)
-        image, mask = resize_image(image, self.size), resize_mask(mask, self.size)
+        image, mask = resize_image(image, self.size), resize_mask(mask, self.size, any_part=True)
         image, (mask, fov) = apply_geometry(image, [mask, fov], self._geometry(epoch, i))
         item = {"image": _image_tensor(image), "mask": _mask_tensor(mask)}
         if fov is not None:

@@ -186,6 +186,11 @@ def test_resize_image_and_mask() -> None:
     block[0:2, 0:2] = [[1, 1], [1, 0]]  # 3/4 -> 1
     block[0:2, 2:4] = [[1, 0], [0, 1]]  # 2/4 -> 0 (not more than half)
     np.testing.assert_array_equal(resize_mask(block, 2), [[1, 0], [0, 0]])
+    # lesion masks: any part of a lesion keeps the shrunk pixel (a 1 px lesion is not dropped)
+    np.testing.assert_array_equal(resize_mask(block, 2, any_part=True), [[1, 1], [0, 0]])
+    dot = np.zeros((8, 8), np.uint8)
+    dot[5, 6] = 1
+    assert resize_mask(dot, 4, any_part=True).sum() == 1 and resize_mask(dot, 4).sum() == 0
     big = resize_mask(mask, 96)
     assert big.shape == (96, 96) and set(np.unique(big)) <= {0, 1}
     assert resize_image(image, 64) is image  # same size: untouched
