@@ -44,7 +44,8 @@ class Progress:
     """A progress display for ``total`` units of work, ``completed`` of which are already done.
 
     ``live=None`` chooses: a rich bar if ``stream`` is a terminal, else a plain line every
-    ``interval`` seconds (and one at the end). ``enabled=False`` shows nothing.
+    ``interval`` seconds (and one at the end). ``enabled=False`` shows nothing. ``status`` is a
+    short free text shown after the rate (training shows its loss there).
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class Progress:
         self._last_line = self._t0
         self._rich: Any = None
         self._task: Any = None
+        self.status = ""
 
     # --- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> Progress:
@@ -103,6 +105,7 @@ class Progress:
             MofNCompleteColumn(),
             TaskProgressColumn(),
             TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -111,24 +114,28 @@ class Progress:
         )
         self._rich.start()
         self._task = self._rich.add_task(
-            self.description, total=self.total, completed=self.completed, rate=""
+            self.description, total=self.total, completed=self.completed, rate="", status=""
         )
 
     def close(self) -> None:
         if self._rich is not None:
-            self._rich.update(self._task, rate=self._rate_text())
+            self._rich.update(self._task, rate=self._rate_text(), status=self.status)
             self._rich.stop()
             self._rich = None
         elif self.enabled and self.completed > self._start_completed:
             self._line()
 
     # --- updates --------------------------------------------------------------------------
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, status: str | None = None) -> None:
         self.completed += int(n)
+        if status is not None:
+            self.status = status
         if not self.enabled:
             return
         if self._rich is not None:
-            self._rich.update(self._task, completed=self.completed, rate=self._rate_text())
+            self._rich.update(
+                self._task, completed=self.completed, rate=self._rate_text(), status=self.status
+            )
             return
         now = time.monotonic()
         if now - self._last_line >= self.interval:
@@ -172,6 +179,8 @@ class Progress:
         )
         if self.completed < self.total:
             text += f", ETA {format_duration(self.eta)}"
+        if self.status:
+            text += f"; {self.status}"
         print(text, file=self.stream, flush=True)
 
 

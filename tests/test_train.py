@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from anomalygen.config import to_dict  # noqa: E402
+from anomalygen.config import from_dict, to_dict  # noqa: E402
 from anomalygen.errors import ConfigError, StoreError  # noqa: E402
 from resynth_models import checkpoint as ckpt  # noqa: E402
 from resynth_models.networks import ReconstructionNet, ReSynthDetect  # noqa: E402
@@ -25,7 +25,6 @@ from resynth_models.train import (  # noqa: E402
     TrainingInterrupted,
     duration_steps,
     learning_rate,
-    load_train_config,
     make_configs,
     make_optimizer,
     parse_duration,
@@ -148,7 +147,7 @@ def test_make_configs_and_presets() -> None:
     with pytest.raises(ConfigError, match="rec_features"):
         make_configs(network={"rec_features": "magic"})
     # JSON round trip, as config.json keeps it
-    assert load_train_config(json.loads(json.dumps(to_dict(small)))) == small
+    assert from_dict(TrainConfig, json.loads(json.dumps(to_dict(small)))) == small
 
 
 # ---------------------------------------------------------------------------------------------
