@@ -85,6 +85,7 @@ class RenderResult:
     samples_rendered: int  # by this call
     seconds: float  # wall time of this call
     bytes_on_disk: int
+    sample_bytes: int  # the samples' share of bytes_on_disk (pools excluded)
     normals: int  # usable source images
     textures: int | None  # usable textures (texture mode)
     skipped: list[dict[str, str]]  # [{"pool", "name", "reason"}] files that could not be used
@@ -105,7 +106,7 @@ class RenderResult:
         return self.samples_rendered / cpu if cpu > 0 else 0.0
 
     def summary(self) -> str:
-        per = self.bytes_on_disk / self.n if self.n else 0
+        per = self.sample_bytes / self.n if self.n else 0
         resumed = (
             f" (resumed: {self.shards_already_done} of {self.n_shards} shards were done)"
             if self.shards_already_done
@@ -249,6 +250,7 @@ def render(
             samples_rendered=job.samples_rendered,
             seconds=seconds,
             bytes_on_disk=loc.bytes_on_disk(),
+            sample_bytes=st.open_store(loc.url, loc.storage_options).sample_bytes(),
             normals=job.usable.get(st.NORMALS, 0),
             textures=job.usable.get(st.TEXTURES) if texture_mode else None,
             skipped=job.skipped,

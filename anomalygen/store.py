@@ -63,6 +63,8 @@ AREA = "area"
 LESIONS = "lesions"
 META = "meta"
 DONE = "done"
+#: The arrays that hold the samples themselves (what "bytes per sample" counts; not the pools).
+SAMPLE_ARRAYS = (IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META)
 NORMALS = "normals"
 TEXTURES = "textures"
 POOLS = (NORMALS, TEXTURES)
@@ -653,6 +655,11 @@ class SampleStore:
             return list(range(self.n_shards))
         return [int(s) for s in np.flatnonzero(self._open()[DONE][:])]
 
+    def sample_bytes(self) -> int:
+        """Bytes stored for the samples (image, mask and their metadata), pools excluded."""
+        arrays = self._open()
+        return int(sum(arrays[name].nbytes_stored() for name in SAMPLE_ARRAYS))
+
     def read_shard(self, s: int) -> tuple[np.ndarray, np.ndarray]:
         """All images and masks of shard ``s`` at once (one read per array: fast sequential)."""
         r = self.shard_range(s)
@@ -798,7 +805,7 @@ def store_info(url: str | os.PathLike, storage_options: dict | None = None) -> d
         "codec": attrs.get("codec"),
         "clahe": attrs.get("clahe"),
         "bytes_on_disk": on_disk,
-        "bytes_per_sample": on_disk / samples_done if samples_done else None,
+        "bytes_per_sample": store.sample_bytes() / samples_done if samples_done else None,
         "anomalous_fraction": anomalous / samples_done if samples_done else None,
         "mean_lesion_area_px": float(area[done_mask & (area > 0)].mean()) if anomalous else None,
         "pools": pools,
