@@ -254,7 +254,7 @@ def live_preview(
     cells = []
     for k in range(n):
         rng = sample_rng(seed, k)
-        t, s = draw_pair(rng, len(prepared))
+        t, s = draw_pair(seed, k, rng, len(prepared))
         target, source = prepared[t], prepared[s]
         sample = generator.generate(target.image, source.image, rng, target.fov, source.fov)
         crop = None

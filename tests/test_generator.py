@@ -416,3 +416,24 @@ def test_real_photographs(shared_data: Path) -> None:
     for i in range(6):
         (t, t_fov), (s, s_fov) = images[i % len(images)], images[(i + 1) % len(images)]
         check_contract(gen.generate(t, s, sample_rng(0, i), t_fov, s_fov), t, t_fov)
+
+
+def test_draw_pair_blocks_share_photographs_but_stay_uniform() -> None:
+    from anomalygen.generator import PAIR_BLOCK, PAIR_POOL, draw_pair
+
+    n = 1000
+    pairs = [draw_pair(7, i, sample_rng(7, i), n) for i in range(40 * PAIR_BLOCK)]
+    assert all(t != s and 0 <= t < n and 0 <= s < n for t, s in pairs)
+    for b in range(40):  # a block reads at most PAIR_POOL photographs
+        block = pairs[b * PAIR_BLOCK : (b + 1) * PAIR_BLOCK]
+        assert len({x for pair in block for x in pair}) <= PAIR_POOL
+    # over many blocks every photograph can be drawn: targets spread over the whole range
+    targets = np.array([t for t, _ in pairs])
+    assert len(np.unique(targets)) > 400
+    assert np.histogram(targets, bins=4, range=(0, n))[0].min() > 0.15 * len(targets)
+    # few photographs: every sample draws from all of them, and a rerun draws the same
+    small = [draw_pair(7, i, sample_rng(7, i), 5) for i in range(200)]
+    assert {t for t, _ in small} == set(range(5))
+    assert small == [draw_pair(7, i, sample_rng(7, i), 5) for i in range(200)]
+    # texture mode: the source comes from the textures
+    assert all(0 <= s < 3 for _, s in (draw_pair(1, i, sample_rng(1, i), n, 3) for i in range(50)))

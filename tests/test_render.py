@@ -71,7 +71,7 @@ def test_two_workers_write_the_same_bytes_as_one(reference: str, sources: Path, 
 def test_samples_depend_on_seed_and_index_only(reference: str) -> None:
     store = open_store(reference)
     for i in (0, 13, 31):
-        t, s = draw_pair(sample_rng(0, i), len(store.normals))
+        t, s = draw_pair(0, i, sample_rng(0, i), len(store.normals))
         meta = store.meta(i)
         assert (meta["target"], meta["source"]) == (t, s)
 
