@@ -31,7 +31,7 @@ def train(
         typer.Option(
             "--preset",
             help="Network and training defaults: 'default' (GPU, 768 px, the paper's schedule) "
-            "or 'small' (CPU, 256 px, about 40 minutes on 2 cores).",
+            "or 'small' (CPU, 256 px, about 35 minutes on 2 cores).",
             rich_help_panel=NETWORK,
         ),
     ] = "default",

@@ -5,11 +5,11 @@
 # against three healthy photographs held out of training (image level), and predict on a
 # diabetic-retinopathy photograph.
 #
-#   bash examples/cpu_small.sh                  # about 45 minutes on a 2-core CPU (see README)
+#   bash examples/cpu_small.sh                  # about 35 minutes on a 2-core CPU (see README)
 #   STEPS=20 bash examples/cpu_small.sh         # a quick smoke run (a few minutes, weak model)
 #
 # Environment: DATA (default ../shared/data from the project root), OUT (default runs/cpu-small),
-# STEPS (training steps per stage; default: the preset's 300), N (synthetic samples, 2560).
+# STEPS (training steps per stage; default: the preset's 350), N (synthetic samples, 2560).
 # Rerunning the script resumes: the render and the training continue where they stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ echo "training normals: $(wc -l < "$OUT/train-normals.txt"), held out: ${#HELDOU
 anomalygen render --src "$OUT/train-normals.txt" --n "$N" --size "$SIZE" \
   --out "$OUT/synth.zarr" --seed 0
 
-# 2. Both stages (paper 3.1, 3.2) with the CPU preset (256 px, depth 4, width 16, 300 steps).
+# 2. Both stages (paper 3.1, 3.2) with the CPU preset (256 px, depth 4, width 16, 350 steps).
 resynth train --data "$OUT/synth.zarr" --out "$OUT/run" --preset small --device cpu \
   --resume "${STEPS_ARGS[@]}"
 
