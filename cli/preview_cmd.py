@@ -18,13 +18,8 @@ def preview(
         typer.Argument(help="A rendered store to draw samples from (omit with --src or --demo)."),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("preview.png"),
-    src: Annotated[
-        Path | None,
-        typer.Option("--src", help="Folder (or list file) of normal photographs: live preview."),
-    ] = None,
-    demo: Annotated[
-        bool, typer.Option("--demo", help="Live preview on the built-in demo photographs.")
-    ] = False,
+    src: opt.Src = None,
+    demo: opt.Demo = False,
     n: Annotated[int, typer.Option("--n", help="Number of samples to draw.", min=1)] = 16,
     indices: Annotated[
         str | None,

@@ -38,3 +38,14 @@ def fundus_folder(tmp_path: Path) -> Path:
         rgb = make_fundus(96 + 16 * k, seed=k, cut=(k % 3 == 2), width_ratio=1.0 + 0.25 * (k % 2))
         Image.fromarray(rgb).save(folder / f"normal_{k:02d}.png")
     return folder
+
+
+@pytest.fixture()
+def torch_one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

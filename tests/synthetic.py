@@ -4,6 +4,8 @@ field-of-view detection and the generator depend on."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -39,3 +41,27 @@ def make_fundus(
         img[:band] = 0
         img[h - band :] = 0
     return img
+
+
+def write_sources(folder: Path, count: int = 4) -> Path:
+    """A few small synthetic fundus photographs (PNG), different sizes and FOV shapes."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        rgb = make_fundus(80 + 8 * k, seed=k, cut=(k % 2 == 1))
+        Image.fromarray(rgb).save(folder / f"normal_{k}.png")
+    return folder
+
+
+def run_cli(main, prog: str, monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run a console script's ``main`` as ``prog ARGS`` in this process: (exit code, stdout,
+    stderr). Goes through ``cli.common.run_app``, exactly as the installed command does."""
+    monkeypatch.setattr("sys.argv", [prog, *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err

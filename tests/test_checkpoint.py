@@ -21,13 +21,7 @@ from resynth_models.networks import NetworkConfig, ReconstructionNet, ReSynthDet
 TINY = NetworkConfig(rec_width=4, rec_depth=3, loc_width=4, loc_depth=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def read_safetensors_header(path: Path) -> dict:

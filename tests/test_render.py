@@ -24,7 +24,8 @@ from anomalygen.progress import Progress
 from anomalygen.render import RenderInterrupted, render
 from anomalygen.verify import verify_store
 from tests.badfiles import write_bad_files, write_odd_but_valid_files
-from tests.test_store import arrays_of, write_sources
+from tests.synthetic import write_sources
+from tests.test_store import arrays_of
 
 N, SIZE, SHARD = 32, 64, 4
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,19 +16,12 @@ from anomalygen import open_store
 from anomalygen import store as st
 from cli.anomalygen_cli import main
 from tests.badfiles import write_bad_files
-from tests.test_store import write_sources
+from tests.synthetic import run_cli, write_sources
 
 
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``anomalygen ARGS``; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr("sys.argv", ["anomalygen", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """``anomalygen ARGS``: (exit code, stdout, stderr)."""
+    return run_cli(main, "anomalygen", monkeypatch, capsys, *args)
 
 
 @pytest.fixture(scope="module")

@@ -21,20 +21,9 @@ from anomalygen.store import (
     parameter_differences,
     store_info,
 )
-from tests.synthetic import make_fundus
+from tests.synthetic import write_sources
 
 N, SIZE, SHARD = 24, 64, 8
-
-
-def write_sources(folder: Path, count: int = 4) -> Path:
-    """A few small synthetic fundus photographs (PNG), different sizes and FOV shapes."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(count):
-        rgb = make_fundus(80 + 8 * k, seed=k, cut=(k % 2 == 1))
-        Image.fromarray(rgb).save(folder / f"normal_{k}.png")
-    return folder
 
 
 def arrays_of(url: str) -> dict[str, np.ndarray]:

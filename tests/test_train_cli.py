@@ -14,30 +14,19 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cli.resynth_cli import main  # noqa: E402
+from tests.synthetic import run_cli  # noqa: E402
 
 TINY = ["--preset", "small", "--size", "32", "--batch-size", "2", "--steps", "2", "--workers",
         "0", "--rec-width", "4", "--rec-depth", "3", "--loc-width", "4", "--loc-depth", "3",
         "--val-fraction", "0", "--device", "cpu", "--quiet"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """``resynth ARGS``: (exit code, stdout, stderr)."""
-    monkeypatch.setattr("sys.argv", ["resynth", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(main, "resynth", monkeypatch, capsys, *args)
 
 
 @pytest.fixture(scope="module")

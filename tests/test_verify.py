@@ -14,7 +14,7 @@ from anomalygen import store as st
 from anomalygen.errors import StoreError
 from anomalygen.render import render
 from anomalygen.verify import verify_store
-from tests.test_store import write_sources
+from tests.synthetic import write_sources
 
 N, SIZE, SHARD = 24, 64, 8
 
