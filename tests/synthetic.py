@@ -65,3 +65,22 @@ def run_cli(main, prog: str, monkeypatch, capsys, *args) -> tuple[int, str, str]
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def render_tiny_store(
+    root: Path, n: int, *, photos: int = 4, cut: tuple[int, ...] = (), config=None
+) -> Path:
+    """A real store made by the renderer under ``root``: ``n`` samples of 64 px in shards of 4,
+    from ``photos`` synthetic photographs (``make_fundus(96 + 16 k, seed=k)``, circles cut for
+    ``k`` in ``cut``)."""
+    from PIL import Image
+
+    from anomalygen.render import render
+
+    src = root / "normals"
+    src.mkdir(parents=True, exist_ok=True)
+    for k in range(photos):
+        Image.fromarray(make_fundus(96 + 16 * k, seed=k, cut=k in cut)).save(src / f"n{k}.png")
+    out = root / "synth.zarr"
+    render(out, src, n, size=64, seed=0, workers=1, shard_size=4, progress=False, config=config)
+    return out

@@ -27,6 +27,7 @@ from resynth_models.data import (  # noqa: E402
     split_shards,
     spread,
 )
+from tests.synthetic import render_tiny_store  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # A small in-memory store with SampleStore's reading interface
@@ -315,19 +316,7 @@ def test_spread_is_even_and_fixed() -> None:
 
 @pytest.fixture(scope="module")
 def real_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from PIL import Image
-
-    from anomalygen.render import render
-    from tests.synthetic import make_fundus
-
-    root = tmp_path_factory.mktemp("data_store")
-    src = root / "normals"
-    src.mkdir()
-    for k in range(4):
-        Image.fromarray(make_fundus(96 + 16 * k, seed=k)).save(src / f"n{k}.png")
-    out = root / "synth.zarr"
-    render(out, src, 16, size=64, seed=0, workers=1, shard_size=4, progress=False)
-    return str(out)
+    return str(render_tiny_store(tmp_path_factory.mktemp("data_store"), 16))
 
 
 def test_real_store_loader_with_workers(real_store: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.synthetic import make_fundus
+from tests.synthetic import make_fundus, run_cli
 from tests.test_evaluate import _lesioned
 
 TINY_NETWORK = ["--rec-width", "4", "--rec-depth", "3", "--loc-width", "4", "--loc-depth", "3"]
@@ -26,14 +26,7 @@ def _main(module: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, 
     import importlib
 
     main = importlib.import_module(module).main
-    monkeypatch.setattr("sys.argv", [module, *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(main, module, monkeypatch, capsys, *args)
 
 
 def _eval_layout(root: Path) -> Path:

@@ -24,6 +24,7 @@ from resynth_models.datasets import eyeq_items, folder_items, idrid_items, load_
 from resynth_models.devices import resolve_device
 from resynth_models.evaluate import anomaly_maps, evaluate, prefetch
 from resynth_models.networks import NetworkConfig, build_model
+from tests import synthetic
 from tests.synthetic import make_fundus
 
 SIZE = 64
@@ -310,14 +311,7 @@ def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
     """``resynth ARGS`` in this process: (exit code, stdout, stderr)."""
     from cli.resynth_cli import main
 
-    monkeypatch.setattr("sys.argv", ["resynth", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return synthetic.run_cli(main, "resynth", monkeypatch, capsys, *args)
 
 
 def test_cli_evaluate(folder_layout: Path, tmp_path: Path, capsys, monkeypatch) -> None:

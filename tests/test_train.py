@@ -31,6 +31,7 @@ from resynth_models.train import (  # noqa: E402
     train,
     train_step,
 )
+from tests.synthetic import render_tiny_store  # noqa: E402
 
 TINY_NET = {"rec_width": 4, "rec_depth": 3, "loc_width": 4, "loc_depth": 3}
 
@@ -62,22 +63,12 @@ def tiny(**overrides):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real store made by the renderer: 24 samples of 64 px in 6 shards, 4 normals."""
-    from PIL import Image
-
     from anomalygen.generator import GeneratorConfig
-    from anomalygen.render import render
-    from tests.synthetic import make_fundus
 
-    root = tmp_path_factory.mktemp("train_store")
-    src = root / "normals"
-    src.mkdir()
-    for k in range(4):
-        Image.fromarray(make_fundus(96 + 16 * k, seed=k, cut=k == 2)).save(src / f"n{k}.png")
-    out = root / "synth.zarr"
     # Larger, more frequent lesions than the paper's, so that they survive 64 -> 32 px.
     gen = GeneratorConfig(p_normal=0.25, crop_size=(0.15, 0.4))
-    render(out, src, 24, size=64, seed=0, workers=1, shard_size=4, progress=False, config=gen)
-    return str(out)
+    root = tmp_path_factory.mktemp("train_store")
+    return str(render_tiny_store(root, 24, cut=(2,), config=gen))
 
 
 def weights(path: Path | str) -> dict[str, torch.Tensor]:

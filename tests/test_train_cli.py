@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cli.resynth_cli import main  # noqa: E402
-from tests.synthetic import run_cli  # noqa: E402
+from tests.synthetic import render_tiny_store, run_cli  # noqa: E402
 
 TINY = ["--preset", "small", "--size", "32", "--batch-size", "2", "--steps", "2", "--workers",
         "0", "--rec-width", "4", "--rec-depth", "3", "--loc-width", "4", "--loc-depth", "3",
@@ -31,18 +31,7 @@ def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from PIL import Image
-
-    from anomalygen.render import render
-    from tests.synthetic import make_fundus
-
-    root = tmp_path_factory.mktemp("cli_store")
-    src = root / "normals"
-    src.mkdir()
-    for k in range(3):
-        Image.fromarray(make_fundus(96 + 16 * k, seed=k)).save(src / f"n{k}.png")
-    render(root / "s.zarr", src, 8, size=64, seed=0, workers=1, shard_size=4, progress=False)
-    return root / "s.zarr"
+    return render_tiny_store(tmp_path_factory.mktemp("cli_store"), 8, photos=3)
 
 
 def test_train_then_resume(monkeypatch, capsys, store: Path, tmp_path: Path) -> None:
