@@ -385,11 +385,11 @@ class _Job:
     def close(self) -> None:
         if self.runner is not None:
             self.runner.close()
+            self.runner = None
 
     def _check_lock(self) -> None:
         if self.lock is not None:
             self.lock.check()
-            self.runner = None
 
     def _runner(self, tasks: int) -> _Runner:
         if self.runner is None:

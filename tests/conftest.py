@@ -3,12 +3,20 @@ synthetic fundus images for fast tests."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from tests.synthetic import make_fundus
+
+# CI runs the property tests on a fixed sequence of examples, so that a run is repeatable and a
+# landing does not hinge on the draw; local runs keep exploring new examples.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
