@@ -273,12 +273,13 @@ def store_preview(
     indices: Sequence[int] | None = None,
     tile: int = 256,
     columns: int | None = None,
+    storage_options: dict | None = None,
 ) -> np.ndarray:
     """Draw samples of a rendered store: ``indices``, or the first ``n`` of its complete shards."""
     from anomalygen.store import open_store
 
     _check_counts(n, tile)
-    store = open_store(url)
+    store = open_store(url, storage_options)
     if indices is None:
         done = [i for s in store.complete_shards() for i in store.shard_range(s)]
         if not done:

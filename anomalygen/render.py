@@ -20,7 +20,8 @@ local stores, released by the kernel if the process dies; a heartbeat object for
 Parallelism is a process pool with the "spawn" start method (zarr runs an asyncio loop in a
 thread, which fork would copy in a broken state); each worker limits OpenCV and zarr to one
 thread, so W workers use W cores. ``workers=1`` renders in this process (required for
-``memory://`` stores, which other processes cannot see).
+``memory://`` stores, which other processes cannot see). With ``scheduler`` the same tasks run
+on a Dask cluster instead (:mod:`anomalygen.cluster`); the coordinator does not change.
 """
 
 from __future__ import annotations
@@ -91,11 +92,12 @@ class RenderResult:
     normals: int  # usable source images
     textures: int | None  # usable textures (texture mode)
     skipped: list[dict[str, str]]  # [{"pool", "name", "reason"}] files that could not be used
-    workers: int
+    workers: int  # processes (local) or worker threads (Dask) that ran tasks
     peak_rss_per_worker: int  # bytes (max over workers)
     render_seconds: float = 0.0  # of which phase 2
     render_cpu_seconds: float = 0.0  # CPU time of the workers' phase-2 tasks (all threads)
     notes: list[str] = field(default_factory=list)
+    cluster: str | None = None  # the Dask scheduler's address, for a render on a cluster
 
     @property
     def samples_per_second(self) -> float:
@@ -114,10 +116,11 @@ class RenderResult:
             if self.shards_already_done
             else ""
         )
+        where = f" on the Dask cluster at {self.cluster}" if self.cluster else ""
         return (
             f"rendered {self.samples_rendered} samples in {format_duration(self.seconds)} "
             f"({self.samples_per_second:.1f} samples/s while rendering, {self.workers} "
-            f"worker{'s' if self.workers != 1 else ''}){resumed}; store {self.url}: "
+            f"worker{'s' if self.workers != 1 else ''}{where}){resumed}; store {self.url}: "
             f"{self.n} samples, {format_bytes(self.bytes_on_disk)} on disk "
             f"({format_bytes(per)}/sample); {self.normals} normals, "
             f"{len(self.skipped)} file{'s' if len(self.skipped) != 1 else ''} skipped"
@@ -166,6 +169,7 @@ def render(
     progress: bool = True,
     progress_stream: Any = None,
     cache_mb: int = DEFAULT_CACHE_MB,
+    scheduler: str | None = None,
 ) -> RenderResult:
     """Render ``n`` synthetic samples from the images at ``src`` into the store at ``out``.
 
@@ -176,6 +180,11 @@ def render(
     differs unless ``overwrite``. Bad source files are skipped and listed in the result and the
     store (``strict=True`` makes them fatal). Ctrl-C raises :class:`RenderInterrupted` with the
     store left resumable. Errors a user can fix raise :class:`AnomalygenError` subclasses.
+
+    ``scheduler`` runs the tasks on Dask: ``"local"`` starts a ``LocalCluster`` of ``workers``
+    processes, ``"tcp://HOST:PORT"`` uses a running cluster whose workers reach ``out`` (an
+    object-store URL with ``storage_options``, or a shared filesystem) and ``src`` (a shared
+    filesystem). The result is byte-identical to a local render (:mod:`anomalygen.cluster`).
     """
     t_start = time.monotonic()
     from anomalygen.config import to_dict
@@ -204,7 +213,20 @@ def render(
     loc = st.location(out, storage_options)
     notes: list[str] = []
     n_workers = resolve_workers(workers)
-    if loc.in_memory and n_workers > 1:
+    if scheduler is not None:
+        from anomalygen.cluster import check_scheduler
+
+        scheduler = check_scheduler(scheduler)
+        if loc.in_memory:
+            raise ConfigError(
+                "--scheduler: a memory:// store lives in this process, where no Dask worker "
+                "can write; give a path or an object-store URL"
+            )
+        if loc.local_path is not None:  # workers may start in another folder
+            loc = st.StoreLocation(str(loc.local_path.resolve()), storage_options)
+        if scheduler != "local" and workers not in (None, "auto"):
+            notes.append("--workers applies to --scheduler local only; the cluster has its own")
+    elif loc.in_memory and n_workers > 1:
         notes.append("memory:// stores live in this process: rendering in-process with 1 worker")
         n_workers = 1
 
@@ -233,11 +255,22 @@ def render(
     }
 
     lock = _lock_for(loc)
-    lock.acquire()
     try:
-        _open_or_create(loc, attrs, params, overwrite=overwrite, pools=pools, n=n)
+        lock.acquire()
+    except AnomalygenError:
+        raise
+    except Exception as err:  # fsspec and cloud SDKs raise their own types
+        raise st.access_error(loc, err, "reach the store") from None
+    try:
+        try:
+            _open_or_create(loc, attrs, params, overwrite=overwrite, pools=pools, n=n)
+        except AnomalygenError:
+            raise
+        except Exception as err:
+            raise st.access_error(loc, err, "create the store") from None
         job = _Job(loc, pools, params, n_workers, cache_mb, strict, progress, progress_stream)
         job.lock = lock
+        job.scheduler = scheduler
         try:
             job.run()
         finally:
@@ -261,6 +294,7 @@ def render(
             render_seconds=job.render_seconds,
             render_cpu_seconds=job.render_cpu,
             notes=notes,
+            cluster=job.cluster_address,
         )
     finally:
         lock.release()
@@ -371,7 +405,9 @@ class _Job:
         self.stream = stream
         self.writer = st.StoreWriter(loc)
         self.lock: _LocalLock | _ObjectLock | None = None
-        self.runner: _Runner | None = None
+        self.scheduler: str | None = None  # run the tasks on Dask (anomalygen.cluster)
+        self.cluster_address: str | None = None
+        self.runner: Any = None  # _Runner or cluster.DaskRunner
         self.workers_used = 1
         self.shards_rendered = 0
         self.shards_already_done = 0
@@ -391,10 +427,24 @@ class _Job:
         if self.lock is not None:
             self.lock.check()
 
-    def _runner(self, tasks: int) -> _Runner:
+    def _runner(self, tasks: int, probe_path: str | None = None) -> Any:
+        """The task runner, made on first use: a local pool, or a Dask cluster's client."""
         if self.runner is None:
-            self.workers_used = max(1, min(self.workers, tasks))
-            self.runner = _Runner(self.loc, self.workers_used, self.cache_bytes)
+            if self.scheduler is not None:
+                from anomalygen.cluster import DaskRunner
+
+                self.runner = DaskRunner(
+                    self.scheduler,
+                    self.loc,
+                    self.cache_bytes,
+                    workers=self.workers,
+                    probe_path=probe_path,
+                )
+                self.workers_used = self.runner.workers
+                self.cluster_address = self.runner.address
+            else:
+                self.workers_used = max(1, min(self.workers, tasks))
+                self.runner = _Runner(self.loc, self.workers_used, self.cache_bytes)
         return self.runner
 
     def run(self) -> None:
@@ -411,14 +461,14 @@ class _Job:
             for k in np.flatnonzero(done == 0):
                 lo = int(k) * st.POOL_SHARD_SIZE
                 items = [
-                    (lo + j, str(f.path), f.name, f.bytes)
+                    (lo + j, os.path.abspath(f.path), f.name, f.bytes)
                     for j, f in enumerate(listing.files[lo : lo + st.POOL_SHARD_SIZE])
                 ]
                 tasks.append((pool, int(k), items))
         if not tasks:
             return
         total = sum(len(t[2]) for t in tasks)
-        runner = self._runner(max(len(tasks), self.n_shards))
+        runner = self._runner(max(len(tasks), self.n_shards), probe_path=tasks[0][2][0][1])
         with Progress(
             total,
             description="prepare",
@@ -566,7 +616,7 @@ class _Runner:
         self._pool: ProcessPoolExecutor | None = None
         init = (loc.url, loc.storage_options, cache_bytes, os.getpid())
         if workers == 1:
-            self._local = _Worker(*init, in_process=True)
+            self._local = _Worker(*init, mode="inline")
         else:
             self._pool = ProcessPoolExecutor(
                 max_workers=workers,
@@ -640,7 +690,7 @@ def _init_worker(url: str, storage_options: Any, cache_bytes: int, parent: int) 
     global _WORKER
     # Ctrl-C goes to the whole process group; the coordinator alone decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER = _Worker(url, storage_options, cache_bytes, parent, in_process=False)
+    _WORKER = _Worker(url, storage_options, cache_bytes, parent, mode="child")
     import anomalygen.fundus
     import anomalygen.generator  # noqa: F401  (imported now, while phase 1 starts up)
 
@@ -656,7 +706,12 @@ def _call_worker(method: str, args: tuple) -> dict[str, Any]:
 
 
 class _Worker:
-    """State of one worker process: the store opened for writing, the generator, the cache."""
+    """State of one worker: the store opened for writing, the generator, the cache.
+
+    ``mode``: ``"inline"`` (in the coordinator's process: its thread settings are restored on
+    close), ``"child"`` (a spawned pool process, which exits if its coordinator dies) or
+    ``"dask"`` (one per thread of a Dask worker; :mod:`anomalygen.cluster` sets the process up).
+    """
 
     def __init__(
         self,
@@ -665,16 +720,17 @@ class _Worker:
         cache_bytes: int,
         parent: int,
         *,
-        in_process: bool,
+        mode: str,
     ) -> None:
         import cv2
 
-        self._in_process = in_process
+        self._mode = mode
         self._parent = parent
-        # W workers use W cores: one OpenCV thread, one zarr codec thread.
+        # W workers use W cores: one OpenCV thread, one zarr codec thread (per task thread).
         self._cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
-        self._restore_zarr = _limit_zarr_threads(1)
+        # A Dask worker's threads share one zarr loop: anomalygen.cluster limits it once.
+        self._restore_zarr = _limit_zarr_threads(1) if mode != "dask" else _nothing
         self.loc = st.StoreLocation(url, storage_options)
         self.writer = st.StoreWriter(self.loc)
         self._reader: st.SampleStore | None = None
@@ -683,7 +739,7 @@ class _Worker:
         self._buffers: tuple[np.ndarray, np.ndarray] | None = None
 
     def close(self) -> None:
-        if self._in_process:  # give this process its threads back
+        if self._mode == "inline":  # give this process its threads back
             import cv2
 
             cv2.setNumThreads(self._cv2_threads)
@@ -694,7 +750,7 @@ class _Worker:
     def _check_parent(self) -> None:
         # A worker whose coordinator was killed (kill -9) must not write: the rerun that
         # resumes the render may be writing the same shard.
-        if not self._in_process and os.getppid() != self._parent:
+        if self._mode == "child" and os.getppid() != self._parent:
             os._exit(1)
 
     # --- phase 1 --------------------------------------------------------------------------
@@ -772,6 +828,10 @@ class _Worker:
         self.writer.write_samples(shard, start, images, masks, targets, sources, metas)
         cpu = time.process_time() - cpu0
         return {"shard": shard, "samples": count, "maxrss": _maxrss(), "cpu": cpu}
+
+
+def _nothing() -> None:
+    pass
 
 
 def _limit_zarr_threads(n: int) -> Callable[[], None]:

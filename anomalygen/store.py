@@ -44,6 +44,7 @@ __all__ = [
     "SampleStore",
     "StoreLocation",
     "open_store",
+    "parse_storage_options",
     "store_info",
 ]
 
@@ -212,6 +213,59 @@ class StoreLocation:
             return total
         fs, root = self.fs()
         return int(fs.du(root)) if fs.exists(root) else 0
+
+
+_CREDENTIAL_WORDS = (
+    "credential",
+    "accessdenied",
+    "access denied",
+    "forbidden",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "expiredtoken",
+    "permission",
+)
+
+
+def access_hint(loc: StoreLocation, err: BaseException) -> str:
+    """A hint to append to an error reaching a URL store: how to pass credentials, where the
+    error looks like missing or refused ones (``""`` otherwise, and for local stores)."""
+    if loc.local_path is not None:
+        return ""
+    text = f"{type(err).__name__} {err}".lower()
+    if not any(word in text for word in _CREDENTIAL_WORDS):
+        return ""
+    return (
+        "; give credentials with --storage-option (e.g. key=... secret=..., or profile=NAME) "
+        "or in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in "
+        "~/.aws) where the command and every worker run"
+    )
+
+
+def access_error(loc: StoreLocation, err: BaseException, doing: str) -> StoreError:
+    """A one-line :class:`StoreError` for an exception raised while ``doing`` something to the
+    store at ``loc`` (fsspec and cloud SDKs raise their own types, not only OSError)."""
+    return StoreError(f"{loc}: cannot {doing} ({one_line(err)}){access_hint(loc, err)}")
+
+
+def parse_storage_options(items: Sequence[str]) -> dict[str, Any] | None:
+    """``["KEY=VALUE", ...]`` (``--storage-option``) -> fsspec storage options, or None if empty.
+
+    A VALUE that parses as JSON is used as such (``anon=true``, ``client_kwargs={"region_name":
+    "eu-west-1"}``), any other as a string (``endpoint_url=http://minio:9000``). Raises
+    :class:`StoreError` for an item without ``=``.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise StoreError(f"--storage-option: expected KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options or None
 
 
 def shard_key(name: str, shard: int, *, ndim: int) -> str:
@@ -549,7 +603,7 @@ class _Arrays:
                 "NodeNotFoundError",
             ):
                 raise StoreError(f"{loc}: no store there") from None
-            raise StoreError(f"{loc}: cannot open the store ({one_line(err)})") from None
+            raise access_error(loc, err, "open the store") from None
         self._cache: dict[str, Any] = {}
         self.loc = loc
 

@@ -9,6 +9,19 @@ import typer
 
 GENERATOR = "Generator"
 SOURCES = "Sources"
+STORAGE = "Storage"
+
+# --- where a store lives ---------------------------------------------------------------------
+StorageOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        "-S",
+        help="fsspec option for a URL store, KEY=VALUE (repeatable; JSON values are parsed): "
+        "e.g. -S endpoint_url=http://minio:9000 -S key=... -S secret=... -S anon=true.",
+        rich_help_panel=STORAGE,
+    ),
+]
 
 # --- sources -------------------------------------------------------------------------------
 Src = Annotated[

@@ -47,10 +47,12 @@ def preview(
     alpha: opt.Alpha = None,
     blend: opt.Blend = None,
     mask: opt.MaskKind = None,
+    storage_option: opt.StorageOption = None,
 ) -> None:
     """Draw a contact sheet: each sample with its lesion outlines, a zoom on its first lesion and
     the source crop C_s it came from, labelled with the augmentations used."""
     from anomalygen.preview import live_preview, save_png, store_preview
+    from anomalygen.store import parse_storage_options
 
     chosen = sum([store is not None, src is not None, demo])
     if chosen != 1:
@@ -62,7 +64,14 @@ def preview(
         if labels is not None or where:
             fail("preview STORE: --labels and --where select photographs for --src previews")
         picks = parse_indices(indices) if indices else None
-        sheet = store_preview(store, n=n, indices=picks, tile=tile, columns=columns)
+        sheet = store_preview(
+            store,
+            n=n,
+            indices=picks,
+            tile=tile,
+            columns=columns,
+            storage_options=parse_storage_options(storage_option or []),
+        )
         skipped: list[tuple[str, str]] = []
     else:
         if indices:

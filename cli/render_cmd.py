@@ -171,6 +171,16 @@ def render(
         bool, typer.Option("--overwrite", help="Start over if the store exists.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Run on Dask: 'local' (a LocalCluster of --workers processes) or a scheduler "
+            "address, tcp://HOST:8786. Workers must reach --out and --src.",
+            rich_help_panel=opt.STORAGE,
+        ),
+    ] = None,
+    storage_option: opt.StorageOption = None,
 ) -> None:
     """Render N synthetic image/mask pairs into a sharded Zarr store.
 
@@ -179,6 +189,7 @@ def render(
     from anomalygen.render import RenderInterrupted
     from anomalygen.render import render as run_render
     from anomalygen.sources import find_sources
+    from anomalygen.store import parse_storage_options
 
     if demo and src is not None:
         fail("--demo and --src: give one of them")
@@ -227,6 +238,8 @@ def render(
             overwrite=overwrite,
             progress=not quiet,
             cache_mb=cache_mb,
+            scheduler=scheduler,
+            storage_options=parse_storage_options(storage_option or []),
         )
     except RenderInterrupted as err:
         typer.echo(str(err), err=True)
@@ -266,12 +279,13 @@ def _write_report(path: Path, skipped: list[dict[str, str]]) -> None:
 def info(
     store: Annotated[str, typer.Argument(help="A store: folder or URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    storage_option: opt.StorageOption = None,
 ) -> None:
     """Counts, shapes, codec, size on disk, completion and config of a store."""
     from anomalygen.progress import format_bytes
-    from anomalygen.store import store_info
+    from anomalygen.store import parse_storage_options, store_info
 
-    data = store_info(store)
+    data = store_info(store, parse_storage_options(storage_option or []))
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -355,15 +369,24 @@ def verify(
     ] = 32,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the spot check.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    storage_option: opt.StorageOption = None,
 ) -> None:
     """Check a store's integrity and contracts; exit 1 listing the problems if any.
 
     Shards complete and readable (truncated or corrupted shard files are caught), masks binary
     and inside the FOV, images equal to their target outside the mask, metadata consistent.
     """
+    from anomalygen.store import parse_storage_options
     from anomalygen.verify import verify_store
 
-    report = verify_store(store, full=full, samples=samples, seed=seed, progress=not quiet)
+    report = verify_store(
+        store,
+        full=full,
+        samples=samples,
+        seed=seed,
+        progress=not quiet,
+        storage_options=parse_storage_options(storage_option or []),
+    )
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
     for problem in report.problems:

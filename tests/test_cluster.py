@@ -1,0 +1,246 @@
+"""Rendering on Dask (anomalygen.cluster): byte-identity with a local render, resume after the
+cluster goes away, retried shards, and one-line failures for a misconfigured cluster."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from anomalygen import store as st
+from anomalygen.errors import ConfigError, StoreError
+from anomalygen.render import render
+from anomalygen.verify import verify_store
+from tests.synthetic import run_cli, write_sources
+
+distributed = pytest.importorskip(
+    "distributed", reason="Dask distributed is not installed (pip install -e '.[dev]')"
+)
+cluster_mod = pytest.importorskip("anomalygen.cluster")
+
+N, SIZE, SHARD = 32, 64, 4
+
+
+def store_objects(loc: st.StoreLocation) -> dict[str, bytes]:
+    """Every object of a store, by key, except the group's zarr.json (it holds timestamps)."""
+    keys = sorted(k for k in loc.list_keys("") if k != "zarr.json")
+    path = loc.local_path
+    if path is not None:
+        return {k: (path / k).read_bytes() for k in keys}
+    fs, root = loc.fs()
+    return {k: fs.cat_file(f"{root.rstrip('/')}/{k}") for k in keys}
+
+
+def assert_same_objects(a: st.StoreLocation, b: st.StoreLocation) -> None:
+    got, expected = store_objects(a), store_objects(b)
+    assert sorted(got) == sorted(expected)
+    differing = [k for k in expected if got[k] != expected[k]]
+    assert not differing, f"{len(differing)} objects differ, first {differing[0]}"
+
+
+def _render(out, src, **kwargs):
+    options = {"size": SIZE, "shard_size": SHARD, "workers": 1, "progress": False}
+    options.update(kwargs)
+    return render(str(out), src, options.pop("n", N), **options)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    return write_sources(tmp_path_factory.mktemp("src") / "normals")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, sources) -> st.StoreLocation:
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    _render(out, sources)
+    return st.location(str(out))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of 2 single-threaded worker processes, as a user's cluster would be."""
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as c:
+        yield c
+
+
+def test_cluster_render_is_byte_identical_to_a_local_one(
+    cluster, sources, reference, tmp_path
+) -> None:
+    out = tmp_path / "cluster.zarr"
+    result = _render(out, sources, scheduler=cluster.scheduler_address)
+    assert result.cluster == cluster.scheduler_address
+    assert result.workers == 2 and result.shards_rendered == N // SHARD
+    assert "on the Dask cluster at tcp://" in result.summary()
+    assert_same_objects(st.location(str(out)), reference)
+    assert verify_store(str(out), full=True).ok
+
+
+def test_resume_after_the_cluster_shut_down_mid_render(sources, tmp_path) -> None:
+    n = 400  # 100 shards: the render is still running when the watcher closes the cluster
+    out = tmp_path / "cut.zarr"
+    local = tmp_path / "local.zarr"
+    _render(local, sources, n=n)
+    doomed = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    )
+    closed_at: list[int] = []
+
+    def close_after_two_shards() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                done = st.SampleStore(str(out)).complete_shards()
+            except StoreError:  # not created yet
+                done = []
+            if len(done) >= 2:
+                closed_at.append(len(done))
+                doomed.close()
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=close_after_two_shards)
+    watcher.start()
+    try:
+        with pytest.raises(StoreError) as err:
+            _render(out, sources, n=n, scheduler=doomed.scheduler_address)
+    finally:
+        watcher.join()
+        doomed.close()
+    message = str(err.value)
+    assert "went away" in message and "run the same command again" in message
+    assert "\n" not in message
+    complete = st.SampleStore(str(out)).complete_shards()
+    assert closed_at and 2 <= len(complete) < n // SHARD
+
+    resumed = _render(out, sources, n=n, scheduler="local", workers=2)
+    assert resumed.shards_already_done == len(complete)
+    assert resumed.shards_rendered == n // SHARD - len(complete)
+    assert_same_objects(st.location(str(out)), st.location(str(local)))
+
+
+def test_a_shard_run_twice_writes_the_same_bytes(sources, reference, tmp_path) -> None:
+    """Dask reruns the task of a worker that died; the second run must change nothing."""
+    out = tmp_path / "twice.zarr"
+    _render(out, sources)
+    key = st.shard_key("image", 3, ndim=4)
+    before = (out / key).read_bytes()
+    for token in ("first", "second"):  # a new token: fresh worker state, as on another worker
+        report = cluster_mod.run_task(token, str(out), None, 1 << 24, "render_shard", (3,))
+        assert report["shard"] == 3 and report["samples"] == SHARD
+    assert (out / key).read_bytes() == before
+    assert_same_objects(st.location(str(out)), reference)
+
+
+def test_a_dead_scheduler_fails_fast_in_one_line(sources, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(cluster_mod, "CONNECT_TIMEOUT_S", 1.0)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(
+        ConfigError, match=r"no Dask scheduler answers at tcp://127\.0\.0\.1"
+    ) as err:
+        _render(tmp_path / "x.zarr", sources, scheduler=address)
+    assert time.monotonic() - t0 < 30
+    assert "\n" not in str(err.value)
+
+
+def test_workers_without_anomalygen_fail_fast(sources, tmp_path) -> None:
+    """A worker whose Python cannot import anomalygen: refused before any task runs."""
+    with distributed.LocalCluster(
+        n_workers=0, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+    ) as bare:
+        hide = (
+            "import sys; sys.modules['anomalygen'] = None; "  # import anomalygen now fails
+            "from distributed.cli.dask_worker import main; main()"
+        )
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                hide,
+                bare.scheduler_address,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            with pytest.raises(ConfigError, match="cannot import anomalygen") as err:
+                _render(tmp_path / "x.zarr", sources, scheduler=bare.scheduler_address)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    assert "install anomalygen" in str(err.value) and "\n" not in str(err.value)
+    assert st.SampleStore(str(tmp_path / "x.zarr")).complete_shards() == []
+
+
+def test_worker_access_check(reference, tmp_path) -> None:
+    """What a worker reports when it cannot reach the store or the source photographs."""
+    missing = cluster_mod._check_access(str(tmp_path / "nowhere.zarr"), None, None)
+    assert missing is not None and "every worker reaches" in missing
+    no_src = cluster_mod._check_access(reference.url, None, str(tmp_path / "gone.png"))
+    assert no_src is not None and "--src must be on a filesystem" in no_src
+    assert cluster_mod._check_access(reference.url, None, None) is None
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "out", "message"),
+    [
+        ("localhost:8786", "x.zarr", "--scheduler: expected 'local' or a Dask scheduler address"),
+        ("http://host:8786", "x.zarr", "--scheduler: expected"),
+        ("local", "memory://x.zarr", "memory:// store lives in this process"),
+    ],
+)
+def test_bad_scheduler_options(sources, tmp_path, scheduler, out, message) -> None:
+    target = out if "://" in out else str(tmp_path / out)
+    with pytest.raises(ConfigError, match=message):
+        render(target, sources, 4, size=SIZE, scheduler=scheduler, progress=False)
+
+
+def test_cli_scheduler_errors_are_one_line(sources, tmp_path, monkeypatch, capsys) -> None:
+    from cli.anomalygen_cli import main
+
+    monkeypatch.setattr(cluster_mod, "CONNECT_TIMEOUT_S", 1.0)
+    args = ["render", "--src", sources, "--n", 4, "--size", SIZE, "--out", tmp_path / "c.zarr"]
+    code, _, err = run_cli(
+        main, "anomalygen", monkeypatch, capsys, *args, "--scheduler", "tcp://127.0.0.1:1"
+    )
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --scheduler: no Dask scheduler")
+
+
+def test_cli_renders_on_a_local_cluster(sources, reference, tmp_path, monkeypatch, capsys) -> None:
+    from cli.anomalygen_cli import main
+
+    out = tmp_path / "cli.zarr"
+    args = ["render", "--src", sources, "--n", N, "--size", SIZE, "--shard-size", SHARD]
+    args += ["--out", out, "--scheduler", "local", "--workers", 2, "-q"]
+    code, stdout, err = run_cli(main, "anomalygen", monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "2 workers on the Dask cluster at tcp://" in stdout
+    assert_same_objects(st.location(str(out)), reference)
