@@ -13,6 +13,11 @@ and 4096, two workers), which must not differ by more than 10%.
 Targets (issue 3): one worker >= 60 samples/s at 768 px with zstd and within 1.5x of the floor;
 two workers >= 1.8x one worker; RSS per worker within 10% between N=512 and N=4096.
 
+The Dask rows (issue 6; skipped where distributed is not installed, or with --dask-pairs 0) run
+the same render on a Dask ``LocalCluster`` of 2 single-threaded workers, alternating with the
+2-process pool (``--dask-pairs`` pairs) so that both see the same load on a shared machine; the
+ratio Dask / pool of render-phase samples/s has a target of >= 0.90 (within 10%).
+
 Each case runs in a fresh Python process. Stores are written under --tmp (default /tmp) and
 deleted afterwards; N=4096 at 768 px needs about 4 GB of disk.
 """
@@ -23,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +54,7 @@ def _case_render(args: dict) -> dict:
         overwrite=True,
         progress=False,
         cache_mb=args.get("cache_mb", 256),
+        scheduler=args.get("scheduler"),
     )
     wall = time.perf_counter() - t0
     import zarr
@@ -180,6 +187,52 @@ def _sweep(opts: argparse.Namespace, work: Path, shard: int, raw: int) -> None:
             )
 
 
+def _dask_rows(opts: argparse.Namespace, work: Path, shard: int, raw: int) -> None:
+    """The cluster path's overhead on one machine: Dask LocalCluster vs the process pool."""
+    if opts.dask_pairs <= 0:
+        return
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        print("  Dask rows skipped: distributed is not installed (pip install 'anomalygen[dask]')")
+        return
+    ratios = []
+    for pair in range(opts.dask_pairs):
+        row = {}
+        for label, scheduler in (("pool", None), ("dask", "local")):
+            out = str(work / f"dask_{label}.zarr")
+            row[label] = r = _run_case(
+                "render",
+                {
+                    "out": out,
+                    "src": opts.src,
+                    "n": opts.n,
+                    "size": opts.size,
+                    "workers": 2,
+                    "shard_size": shard,
+                    "codec": opts.codec,
+                    "cache_mb": opts.cache_mb,
+                    "scheduler": scheduler,
+                },
+            )
+            shutil.rmtree(out, ignore_errors=True)
+            name = "2-process pool     " if label == "pool" else "Dask LocalCluster 2"
+            print(
+                f"  pair {pair + 1}, {name}: {r['samples_per_s']:6.1f} samples/s"
+                f" ({r['samples_per_cpu_s']:5.1f} per CPU-second)"
+                f"  {_mb(r['samples_per_s'] * raw):>6} MB/s raw"
+                f"  (prepare + start-up {r['prepare_s']:.1f}s, render {r['render_s']:.1f}s,"
+                f" wall {r['wall_s']:.1f}s)",
+                flush=True,
+            )
+        ratios.append(row["dask"]["samples_per_s"] / row["pool"]["samples_per_s"])
+    shown = ", ".join(f"{x:.2f}" for x in ratios)
+    print(
+        f"  Dask / pool, render samples/s: {shown}; median {statistics.median(ratios):.2f} "
+        "(target >= 0.90)"
+    )
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--case":
         kind, args = sys.argv[2], json.loads(sys.argv[3])
@@ -200,6 +253,12 @@ def main() -> None:
         default=256,
         help="worker cache of decoded normals; 1 makes every read miss, as with thousands of "
         "source photographs",
+    )
+    p.add_argument(
+        "--dask-pairs",
+        type=int,
+        default=2,
+        help="alternating (2-process pool, Dask LocalCluster of 2) render pairs; 0 skips",
     )
     p.add_argument("--tmp", default=tempfile.gettempdir())
     p.add_argument(
@@ -289,6 +348,8 @@ def main() -> None:
                     f"  2 workers / 1 worker: wall {speedup:.2f} (target >= 1.8); CPU cost per "
                     f"sample, 2 workers / 1 worker: {cost:.2f} (1.00 = no parallel overhead)"
                 )
+
+        _dask_rows(opts, work, shard, raw)
 
         rss_n = [int(x) for x in opts.rss_n.split(",") if x]
         if rss_n:
