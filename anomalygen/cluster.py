@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -288,7 +289,7 @@ def _check_access(url: str, storage_options: Any, probe_path: str | None) -> str
 # ------------------------------------------------------------------------------------------
 
 _STATE_LOCK = threading.Lock()
-_STATE: dict[str, Any] = {"token": None, "workers": {}, "zarr_limited": False}
+_STATE: dict[str, Any] = {"token": None, "workers": {}, "set_up": False}
 
 
 def run_task(
@@ -299,12 +300,13 @@ def run_task(
 
     thread = threading.get_ident()
     with _STATE_LOCK:
-        if not _STATE["zarr_limited"]:
+        if not _STATE["set_up"]:
             # Each task thread encodes on one core, as a local worker process does.
             from anomalygen.render import _limit_zarr_threads
 
             _limit_zarr_threads(_nthreads())
-            _STATE["zarr_limited"] = True
+            _undo_malloc_trim()
+            _STATE["set_up"] = True
         if _STATE["token"] != token:  # a new render: drop the previous one's state
             _STATE.update(token=token, workers={})
         worker = _STATE["workers"].get(thread)
@@ -312,6 +314,34 @@ def run_task(
             worker = _Worker(url, storage_options, cache_bytes, os.getpid(), mode="dask")
             _STATE["workers"][thread] = worker
     return getattr(worker, method)(*args)
+
+
+#: glibc ``mallopt`` parameters and the values set on Dask workers (see ``_undo_malloc_trim``).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_TRIM_BYTES, _MMAP_BYTES = 64 << 20, 32 << 20
+
+
+def _undo_malloc_trim() -> None:
+    """Give a Dask worker glibc's usual allocator behaviour back for image-sized buffers.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (its
+    ``pre-spawn-environ``), so that freed memory goes back to the OS at once. That also pins
+    glibc's mmap threshold at 128 KB: every temporary image of a sample becomes a fresh
+    ``mmap`` and pays its page faults again. Measured here at 768 px: 2.00 ms of CPU per sample
+    for the generator against 1.17 ms without the variable, 1.14 ms with the values below. A
+    render task frees and reallocates the same sizes for every sample, so the worker keeps at
+    most 64 MB more than with Dask's setting. Linux with glibc only; elsewhere nothing to do.
+    """
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_BYTES)
+    except (OSError, AttributeError):  # musl or another libc: it has no such knobs
+        pass
 
 
 def _nthreads() -> int:
