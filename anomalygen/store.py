@@ -377,7 +377,7 @@ def create_store(
             images(f"{pool}_fov", count, POOL_SHARD_SIZE, False, (dim, "y", "x"), raw)
         per_item(f"{pool}_info", count, POOL_SHARD_SIZE, str, dim)
         flags(f"{pool}_done", -(-count // POOL_SHARD_SIZE), f"{dim}_shard")
-    group.attrs.update(attrs)
+    group.update_attributes(attrs)  # one write (attrs.update writes once per key)
 
 
 def clear_store(loc: StoreLocation) -> None:
@@ -565,7 +565,7 @@ class StoreWriter:
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
         """Only the coordinator calls this (one writer of the group's ``zarr.json``)."""
-        self._group.attrs.update(attrs)
+        self._group = self._group.update_attributes(attrs)  # one write, not one per key
 
 
 def _dumps(obj: Any) -> str:
@@ -636,10 +636,16 @@ class SampleStore:
         self._pool_slots: dict[str, np.ndarray] = {}
         self.attrs: dict[str, Any] = dict(self._open().group.attrs)
         check_format(self.loc, self.attrs)
-        self.size: int = int(self.attrs["size"])
-        self.seed: int = int(self.attrs["seed"])
-        self.shard_size: int = int(self.attrs["shard_size"])
-        self._n: int = int(self.attrs["n"])
+        try:
+            self.size: int = int(self.attrs["size"])
+            self.seed: int = int(self.attrs["seed"])
+            self.shard_size: int = int(self.attrs["shard_size"])
+            self._n: int = int(self.attrs["n"])
+        except (KeyError, TypeError, ValueError):
+            raise StoreError(
+                f"{self.loc}: the store's attributes are incomplete (is a render still "
+                "creating it?)"
+            ) from None
         self.n_shards: int = -(-self._n // self.shard_size)
 
     # pickling: the address only; zarr objects are per process

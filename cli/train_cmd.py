@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from cli import options as opt
 from cli.common import EXIT_INTERRUPTED
 
 SCHEDULE = "Schedule"
@@ -23,6 +24,7 @@ def train(
         str, typer.Option("--data", help="Store made by `anomalygen render` (folder or URL).")
     ],
     out: Annotated[str, typer.Option("--out", help="Run folder to write (or resume).")],
+    storage_option: opt.StorageOption = None,
     stage: Annotated[
         str, typer.Option("--stage", help="1 (reconstruction), 2 (localisation) or all.")
     ] = "all",
@@ -222,6 +224,7 @@ def train(
     (focal loss). Resumable: after an interruption run the same command with --resume.
     Several GPUs: torchrun --nproc_per_node N -m cli.resynth_cli train ...
     """
+    from anomalygen.store import parse_storage_options
     from resynth_models.data import NO_AUGMENT
     from resynth_models.train import TrainingInterrupted, make_configs
     from resynth_models.train import train as run_train
@@ -272,6 +275,7 @@ def train(
             resume=resume,
             overwrite=overwrite,
             progress=not quiet,
+            storage_options=parse_storage_options(storage_option or []),
         )
     except TrainingInterrupted as err:
         typer.echo(str(err), err=True)

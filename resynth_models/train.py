@@ -761,8 +761,12 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[StepInfo], bool | None] | None = None,
+    storage_options: dict | None = None,
 ) -> TrainResult:
     """Train ReSynthDetect on the store at ``data`` into the run folder ``out``.
+
+    ``data`` is a store path or URL (``s3://...`` with fsspec ``storage_options``, which are
+    used to read and never written to the run folder).
 
     ``config`` / ``network`` default to the "default" preset (see :func:`make_configs`).
     ``resume`` continues the stages that have a saved state (and skips complete ones);
@@ -779,7 +783,7 @@ def train(
     device = resolve_device(config.device)
     amp_dtype = _amp_dtype(config.amp, device)
     try:
-        store = anomalygen.open_store(data)
+        store = anomalygen.open_store(data, storage_options)
     except StoreError as err:
         raise StoreError(f"--data: {err}") from None
     n_norm = n_normals(store)

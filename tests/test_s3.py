@@ -169,3 +169,21 @@ def test_storage_option_parsing() -> None:
     }
     with pytest.raises(StoreError, match="KEY=VALUE"):
         parse(["anon"])
+
+
+def test_train_reads_the_store_from_s3(s3, s3_store, tmp_path, monkeypatch, capsys) -> None:
+    """`resynth train --data s3://... -S ...`: options reach the DataLoader, not the run folder."""
+    pytest.importorskip("torch", reason="torch is not installed (the train extra)")
+    from cli.resynth_cli import main
+
+    run = tmp_path / "run"
+    so = [f"--storage-option={k}={v}" for k, v in s3.items() if k != "client_kwargs"]
+    tiny = ["--rec-width", 4, "--rec-depth", 3, "--loc-width", 4, "--loc-depth", 3]
+    code, _, err = run_cli(
+        main, "resynth", monkeypatch, capsys, "train", "--data", s3_store, "--out", run,
+        "--steps", 2, "--batch-size", 4, "--device", "cpu", "--workers", 0, *tiny, "-q", *so,
+    )  # fmt: skip
+    assert code == 0, err
+    assert (run / "stage2.safetensors").is_file()
+    written = "".join(p.read_text(errors="ignore") for p in run.rglob("*.json"))
+    assert s3_store in written and "testing" not in written  # the URL, never the secret
