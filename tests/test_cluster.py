@@ -3,6 +3,7 @@ cluster goes away, retried shards, and one-line failures for a misconfigured clu
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import subprocess
@@ -85,7 +86,13 @@ def test_cluster_render_is_byte_identical_to_a_local_one(
     cluster, sources, reference, tmp_path
 ) -> None:
     out = tmp_path / "cluster.zarr"
-    result = _render(out, sources, scheduler=cluster.scheduler_address)
+    shown = io.StringIO()  # not a terminal: one plain line per step
+    result = _render(
+        out, sources, scheduler=cluster.scheduler_address, progress=True, progress_stream=shown
+    )
+    # The progress display follows the shards the cluster completes.
+    assert "prepare: 4/4 images" in shown.getvalue()
+    assert f"render: {N}/{N} samples" in shown.getvalue()
     assert result.cluster == cluster.scheduler_address
     assert result.workers == 2 and result.shards_rendered == N // SHARD
     assert "on the Dask cluster at tcp://" in result.summary()
