@@ -25,42 +25,70 @@ Dask (``pip install anomalygen[dask]``) is imported only here, and only when a s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
+import signal
 import sys
 import threading
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from anomalygen import store as st
 from anomalygen.errors import AnomalygenError, ConfigError, StoreError, one_line
 
-__all__ = ["DaskRunner", "check_scheduler"]
+__all__ = ["DaskRunner", "StorageOptions", "check_scheduler"]
 
 #: Seconds to wait for the scheduler to answer. Our choice: a live scheduler answers in
 #: milliseconds; a dead address should fail while the user is still watching.
 CONNECT_TIMEOUT_S = 10.0
-#: Seconds to wait for the first worker of a cluster that has none (e.g. still scaling up).
+#: Seconds to wait for a worker when the cluster has none: at the start (a cluster still
+#: scaling up), and while rendering (every worker died: tasks would wait forever).
 WORKERS_TIMEOUT_S = 60.0
-#: Extra attempts Dask makes for a task that raised (a worker that died is rescheduled anyway,
-#: up to Dask's ``allowed-failures``). A rerun writes the same bytes, so retries are safe.
-RETRIES = 2
+#: Seconds a worker may take to check that it reaches the store and the photographs.
+ACCESS_TIMEOUT_S = 60.0
+#: How often a waiting coordinator asks the scheduler whether it still has workers (seconds).
+WATCH_INTERVAL_S = 5.0
+#: Seconds ``abort`` waits for tasks already running to finish their shard (a shard takes a
+#: few seconds at 768 px); none of them may write once the command has let the store go.
+DRAIN_TIMEOUT_S = 300.0
+#: Extra attempts Dask makes for a task that raised (object-store clients retry transient
+#: errors themselves; this covers one more, e.g. a shared filesystem that hiccuped). A worker
+#: that died is rescheduled by Dask anyway, up to its ``allowed-failures``. Reruns are safe.
+RETRIES = 1
+#: ``--scheduler`` address schemes accepted (Dask's TCP and TLS comms).
+SCHEMES = ("tcp", "tls")
 
 
 def check_scheduler(scheduler: str) -> str:
-    """Validate ``--scheduler``: ``local`` or a Dask address (``tcp://HOST:PORT``, ``tls://...``,
-    ``ucx://...``, ``inproc://...``). Returns it stripped; raises :class:`ConfigError`."""
+    """Validate ``--scheduler``: ``local`` or a Dask address ``tcp://HOST:PORT`` (or ``tls://``).
+    Returns it stripped; raises :class:`ConfigError`."""
     text = scheduler.strip()
     if text.lower() == "local":
         return "local"
     scheme, sep, rest = text.partition("://")
-    if not sep or scheme not in ("tcp", "tls", "ucx", "inproc", "ws", "wss") or not rest:
+    if not sep or scheme not in SCHEMES or not rest:
         raise ConfigError(
             f"--scheduler: expected 'local' or a Dask scheduler address such as "
             f"tcp://HOST:8786, got {scheduler!r}"
         )
     return text
+
+
+class StorageOptions:
+    """fsspec storage options on their way to the workers, with a repr that hides them: Dask
+    logs a failed task's arguments, and these may hold credentials."""
+
+    def __init__(self, options: dict[str, Any] | None) -> None:
+        self.options = options
+
+    def __repr__(self) -> str:
+        return "<storage options, hidden>" if self.options else "<no storage options>"
+
+    __str__ = __repr__
 
 
 class DaskRunner:
@@ -69,7 +97,8 @@ class DaskRunner:
     ``scheduler`` is ``"local"`` (a ``LocalCluster`` of ``workers`` single-threaded processes,
     closed with the runner) or the address of a running scheduler (``workers`` is then ignored:
     the cluster has what it has). ``probe_path`` is a source file every worker must be able to
-    read (None when phase 1 has nothing left to do). Same interface as the local runner:
+    read (None when phase 1 has nothing left to do); ``store_id`` is the store's attribute of
+    that name, which tasks check before they write. Same interface as the local runner:
     :meth:`run`, :meth:`abort`, :meth:`close`.
     """
 
@@ -81,20 +110,24 @@ class DaskRunner:
         *,
         workers: int,
         probe_path: str | None,
+        store_id: str | None = None,
     ) -> None:
         self.loc = loc
+        self.store_id = store_id
+        self._options = StorageOptions(loc.storage_options)
         self.cache_bytes = cache_bytes
-        # Tasks of one render share worker state (the opened store, the cache); a new render,
-        # even of the same URL, starts fresh.
+        # Tasks of one render share worker state (the opened store, the cache); another render,
+        # even of the same URL, has its own. Task keys end with it.
         self.token = uuid.uuid4().hex[:12]
         self._cluster: Any = None
         self._futures: list[Any] = []
         self.address = scheduler
-        _quiet_dask_logs()
+        self._restore_logs = _quiet_dask_logs()
         try:
             self.client = self._connect(scheduler, workers)
         except BaseException:
             self._close_cluster()
+            self._restore_logs()
             raise
         try:
             self.workers = self._check_workers(probe_path)
@@ -117,19 +150,19 @@ class DaskRunner:
             # Dask's statistical profiler samples every task thread's stack 100 times a second:
             # 5 to 10% of a render's CPU here. Our own cluster goes without it; a user's keeps
             # its settings (docs: distributed.worker.profile.enabled).
-            with dask.config.set({"distributed.worker.profile.enabled": False}):
+            with dask.config.set({"distributed.worker.profile.enabled": False}), _no_sigint():
                 self._cluster = LocalCluster(
                     n_workers=workers,
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=":0",  # any free port: never clash with a running cluster
-                    silence_logs=logging.ERROR,
+                    silence_logs=logging.CRITICAL,  # the render reports problems in one line
                 )
             self.address = self._cluster.scheduler_address
             return Client(self._cluster, set_as_default=False)
         try:
             return Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, ValueError, TypeError) as err:  # ValueError: a bad port
             raise ConfigError(
                 f"--scheduler: no Dask scheduler answers at {scheduler} "
                 f"({one_line(err)}); start one (dask scheduler) or check the address"
@@ -165,9 +198,7 @@ class DaskRunner:
                 f"{__version__}; samples could differ between versions: install {__version__} "
                 "on every worker"
             )
-        problems = self.client.run(
-            _check_access, self.loc.url, self.loc.storage_options, probe_path
-        )
+        problems = self.client.run(_check_access_async, self.loc.url, self._options, probe_path)
         for worker, problem in problems.items():
             if problem:
                 raise StoreError(f"Dask worker {worker}: {problem}")
@@ -177,31 +208,33 @@ class DaskRunner:
     # --- running tasks --------------------------------------------------------------------
     def run(self, method: str, tasks: Sequence[tuple]) -> Iterator[dict[str, Any]]:
         """Submit every task and yield each result as its task completes on the cluster."""
-        from distributed import as_completed
+        from distributed import KilledWorker
         from distributed.client import FutureCancelledError
 
         from anomalygen.render import _task_name, _TaskFailed
 
+        done: queue.Queue = queue.Queue()  # futures, as they finish (Dask's callback thread)
         args_of: dict[str, tuple] = {}
-        futures = []
+        self._futures = []
         for args in tasks:
-            key = f"anomalygen-{method}-{'-'.join(str(a) for a in args[:2])}-{self.token}"
             fut = self.client.submit(
                 run_task,
                 self.token,
                 self.loc.url,
-                self.loc.storage_options,
+                self._options,
                 self.cache_bytes,
+                self.store_id,
                 method,
                 args,
-                key=key,
+                key=f"anomalygen-{method}-{'-'.join(str(a) for a in args[:2])}-{self.token}",
                 pure=False,
                 retries=RETRIES,
             )
             args_of[fut.key] = args
-            futures.append(fut)
-        self._futures = futures
-        for fut in as_completed(futures, loop=self.client.loop):
+            self._futures.append(fut)
+            fut.add_done_callback(done.put)
+        for _ in range(len(args_of)):
+            fut = self._next_done(done)
             args = args_of[fut.key]
             try:
                 result = fut.result()
@@ -213,34 +246,76 @@ class DaskRunner:
                     f"the Dask cluster at {self.address} went away (scheduler or workers "
                     "shut down)",
                 ) from None
+            except KilledWorker:
+                raise _TaskFailed(
+                    _task_name(method, args),
+                    "Dask workers died running it several times (out of memory? raise the "
+                    "workers' memory limit or lower --cache-mb / --shard-size)",
+                ) from None
             except Exception as err:
-                reason = one_line(err)
-                if type(err).__name__ == "KilledWorker":
-                    reason = (
-                        "Dask workers died running it several times (out of memory? raise "
-                        "the workers' memory limit or lower --cache-mb / --shard-size)"
-                    )
-                raise _TaskFailed(_task_name(method, args), reason) from err
+                raise _TaskFailed(_task_name(method, args), one_line(err)) from err
             fut.release()
             yield result
         self._futures = []
 
-    def abort(self) -> None:
-        """Cancel the tasks not yet run; running ones finish their shard (harmless)."""
-        if self._futures:
+    def _next_done(self, done: queue.Queue) -> Any:
+        """The next finished future. Raises if the cluster has had no workers for
+        ``WORKERS_TIMEOUT_S`` (its tasks would wait forever)."""
+        from anomalygen.render import _TaskFailed
+
+        no_workers_since: float | None = None
+        while True:
             try:
-                self.client.cancel(self._futures)
-            except Exception:  # the cluster may be gone already
+                return done.get(timeout=WATCH_INTERVAL_S)
+            except queue.Empty:
                 pass
-            self._futures = []
+            try:
+                workers = self.client.scheduler_info(n_workers=-1)["workers"]
+            except Exception:  # the scheduler is gone: Dask cancels our futures, we see those
+                continue
+            if workers:
+                no_workers_since = None
+                continue
+            now = time.monotonic()
+            no_workers_since = no_workers_since or now
+            if now - no_workers_since >= WORKERS_TIMEOUT_S:
+                raise _TaskFailed(
+                    "rendering",
+                    f"the Dask cluster at {self.address} has had no workers for "
+                    f"{WORKERS_TIMEOUT_S:.0f} s (did they die? out of memory?)",
+                )
+
+    def abort(self) -> None:
+        """Cancel the tasks not yet started, then wait (at most ``DRAIN_TIMEOUT_S``) until the
+        running ones have finished their shard: none may write once the command has released
+        the store (a rerun with ``--overwrite`` may be starting it over)."""
+        futures, self._futures = self._futures, []
+        if not futures or self.client.status != "running":
+            return  # a client that lost its scheduler would wait to reconnect, for nothing
+        try:
+            self.client.cancel(futures)
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while time.monotonic() < deadline:
+                running = self.client.run(_running_tasks, self.token)
+                if not any(running.values()):
+                    return
+                time.sleep(0.2)
+        except Exception:  # the cluster is gone: nothing of ours runs there any more
+            pass
 
     def close(self) -> None:
         self.abort()
+        if self.client.status == "running":
+            try:
+                self.client.run(_forget, self.token)  # free this render's caches and buffers
+            except Exception:
+                pass
         try:
             self.client.close()
         except Exception:
             pass
         self._close_cluster()
+        self._restore_logs()
 
     def _close_cluster(self) -> None:
         if self._cluster is not None:
@@ -251,10 +326,36 @@ class DaskRunner:
             self._cluster = None
 
 
-def _quiet_dask_logs() -> None:
-    """A lost connection makes distributed log tracebacks; the render reports it in one line."""
-    for name in ("distributed", "distributed.client", "distributed.comm", "distributed.core"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+@contextlib.contextmanager
+def _no_sigint() -> Iterator[None]:
+    """Start processes that ignore Ctrl-C: the terminal sends it to the whole process group,
+    and the coordinator alone decides what to do (let running shards finish, then stop). A
+    process started with SIGINT ignored keeps it so (Python and asyncio leave it alone)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to set
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _quiet_dask_logs() -> Callable[[], None]:
+    """A lost connection makes distributed log tracebacks, which the render reports in one
+    line. Returns a function that puts the previous levels back."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]
+    loggers = [logging.getLogger(name) for name in ["distributed", "tornado", *names]]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+
+    def restore() -> None:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+    return restore
 
 
 def _make_import_probe() -> Any:
@@ -270,11 +371,41 @@ def _make_import_probe() -> Any:
     return probe
 
 
-def _check_access(url: str, storage_options: Any, probe_path: str | None) -> str | None:
-    """On a worker: None if it reads the store and ``probe_path``, else what is wrong."""
-    loc = st.StoreLocation(url, storage_options)
+async def _check_access_async(
+    url: str, options: StorageOptions, probe_path: str | None
+) -> str | None:
+    """``_check_access`` off the worker's event loop (``client.run`` calls it there), with a
+    time limit: a slow or unreachable endpoint must not stall the worker or the command."""
+    import asyncio
+
     try:
-        attrs = st.read_attrs(loc)
+        return await asyncio.wait_for(
+            asyncio.to_thread(_check_access, url, options, probe_path), ACCESS_TIMEOUT_S
+        )
+    except TimeoutError:
+        return (
+            f"took over {ACCESS_TIMEOUT_S:.0f} s to reach the store {url} (a slow or "
+            "unreachable endpoint?)"
+        )
+
+
+def _check_access(url: str, options: StorageOptions, probe_path: str | None) -> str | None:
+    """On a worker: None if it reads the store and ``probe_path``, else what is wrong."""
+    loc = st.StoreLocation(url, options.options)
+    try:
+        # Read the group's metadata object directly: zarr reports any failure (no credentials,
+        # access denied) as "no group here", which would hide the reason.
+        path = loc.local_path
+        if path is not None:
+            found = (path / "zarr.json").is_file()
+        else:
+            fs, root = loc.fs()
+            try:
+                fs.info(f"{root.rstrip('/')}/zarr.json")
+                found = True
+            except FileNotFoundError:
+                found = False
+        attrs = st.read_attrs(loc) if found else None
     except Exception as err:
         return f"cannot read the store {url} ({one_line(err)}){st.access_hint(loc, err)}"
     if attrs is None:
@@ -295,13 +426,22 @@ def _check_access(url: str, storage_options: Any, probe_path: str | None) -> str
 # ------------------------------------------------------------------------------------------
 
 _STATE_LOCK = threading.Lock()
-_STATE: dict[str, Any] = {"token": None, "workers": {}, "set_up": False}
+#: This worker process's state: ``renders[token][thread]`` is a ``_Worker`` (the store opened
+#: for writing, the generator, the cache of pool images) for each render and task thread.
+_STATE: dict[str, Any] = {"set_up": False, "renders": {}}
 
 
 def run_task(
-    token: str, url: str, storage_options: Any, cache_bytes: int, method: str, args: tuple
+    token: str,
+    url: str,
+    options: StorageOptions,
+    cache_bytes: int,
+    store_id: str | None,
+    method: str,
+    args: tuple,
 ) -> dict[str, Any]:
-    """One Dask task: run ``_Worker.<method>(*args)`` with this thread's worker state."""
+    """One Dask task: run ``_Worker.<method>(*args)`` with this render's state for this
+    thread (made on first use; :func:`_forget` drops it when the render ends)."""
     from anomalygen.render import _Worker
 
     thread = threading.get_ident()
@@ -313,13 +453,35 @@ def run_task(
             _limit_zarr_threads(_nthreads())
             _undo_malloc_trim()
             _STATE["set_up"] = True
-        if _STATE["token"] != token:  # a new render: drop the previous one's state
-            _STATE.update(token=token, workers={})
-        worker = _STATE["workers"].get(thread)
+        workers = _STATE["renders"].setdefault(token, {})
+        worker = workers.get(thread)
         if worker is None:
-            worker = _Worker(url, storage_options, cache_bytes, os.getpid(), mode="dask")
-            _STATE["workers"][thread] = worker
+            worker = _Worker(
+                url, options.options, cache_bytes, os.getpid(), mode="dask", store_id=store_id
+            )
+            workers[thread] = worker
     return getattr(worker, method)(*args)
+
+
+def _forget(token: str) -> None:
+    """Drop a finished render's state on this worker (run by ``DaskRunner.close``)."""
+    with _STATE_LOCK:
+        workers = _STATE["renders"].pop(token, {})
+    for worker in workers.values():
+        worker.close()
+
+
+def _running_tasks(token: str, dask_worker: Any = None) -> int:
+    """How many of a render's tasks this worker is still executing, cancelled ones included
+    (Dask cannot stop a running task: it lets it finish). ``client.run`` passes the worker."""
+    if dask_worker is None:
+        return 0
+    busy = ("executing", "long-running", "cancelled", "resumed")
+    return sum(
+        1
+        for key, task in dask_worker.state.tasks.items()
+        if str(key).endswith(token) and task.state in busy
+    )
 
 
 #: glibc ``mallopt`` parameters and the values set on Dask workers (see ``_undo_malloc_trim``).

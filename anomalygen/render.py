@@ -249,6 +249,9 @@ def render(
         "format_version": st.FORMAT_VERSION,
         "anomalygen_version": __version__,
         "created": _now(),
+        # Tells this store apart from one started over in its place (--overwrite): a Dask task
+        # of an abandoned render checks it before writing (anomalygen.cluster).
+        "store_id": uuid.uuid4().hex,
         **params,
         "pools": {name: len(listing.files) for name, listing in pools.items()},
         "skipped": [],
@@ -271,6 +274,7 @@ def render(
         job = _Job(loc, pools, params, n_workers, cache_mb, strict, progress, progress_stream)
         job.lock = lock
         job.scheduler = scheduler
+        job.store_id = (st.read_attrs(loc) or {}).get("store_id")
         try:
             job.run()
         finally:
@@ -406,6 +410,7 @@ class _Job:
         self.writer = st.StoreWriter(loc)
         self.lock: _LocalLock | _ObjectLock | None = None
         self.scheduler: str | None = None  # run the tasks on Dask (anomalygen.cluster)
+        self.store_id: str | None = None  # the store's "store_id" attribute
         self.cluster_address: str | None = None
         self.runner: Any = None  # _Runner or cluster.DaskRunner
         self.workers_used = 1
@@ -439,6 +444,7 @@ class _Job:
                     self.cache_bytes,
                     workers=self.workers,
                     probe_path=probe_path,
+                    store_id=self.store_id,
                 )
                 self.workers_used = self.runner.workers
                 self.cluster_address = self.runner.address
@@ -468,7 +474,9 @@ class _Job:
         if not tasks:
             return
         total = sum(len(t[2]) for t in tasks)
-        runner = self._runner(max(len(tasks), self.n_shards), probe_path=tasks[0][2][0][1])
+        _pool, _shard, items = tasks[0]
+        first_file = items[0][1]  # workers on a cluster must be able to read it
+        runner = self._runner(max(len(tasks), self.n_shards), probe_path=first_file)
         with Progress(
             total,
             description="prepare",
@@ -710,7 +718,8 @@ class _Worker:
 
     ``mode``: ``"inline"`` (in the coordinator's process: its thread settings are restored on
     close), ``"child"`` (a spawned pool process, which exits if its coordinator dies) or
-    ``"dask"`` (one per thread of a Dask worker; :mod:`anomalygen.cluster` sets the process up).
+    ``"dask"`` (one per thread of a Dask worker; :mod:`anomalygen.cluster` sets the process up;
+    ``store_id`` is the store attribute its render saw: it writes only while the store has it).
     """
 
     def __init__(
@@ -721,11 +730,13 @@ class _Worker:
         parent: int,
         *,
         mode: str,
+        store_id: str | None = None,
     ) -> None:
         import cv2
 
         self._mode = mode
         self._parent = parent
+        self._store_id = store_id
         # W workers use W cores: one OpenCV thread, one zarr codec thread (per task thread).
         self._cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
@@ -747,11 +758,21 @@ class _Worker:
         self._cache.clear()
         self._buffers = None
 
-    def _check_parent(self) -> None:
-        # A worker whose coordinator was killed (kill -9) must not write: the rerun that
+    def _check_owner(self) -> None:
+        """Called before each write: write only for a render that still owns the store."""
+        # A pool worker whose coordinator was killed (kill -9) must not write: the rerun that
         # resumes the render may be writing the same shard.
         if self._mode == "child" and os.getppid() != self._parent:
             os._exit(1)
+        # A Dask task runs on even after its render was abandoned (Dask cannot stop a running
+        # task); the same store may have been started over since with other parameters.
+        if self._mode == "dask" and self._store_id is not None:
+            found = (st.read_attrs(self.loc) or {}).get("store_id")
+            if found != self._store_id:
+                raise StoreError(
+                    f"{self.loc}: the store was started over by another render since this "
+                    "task was submitted; not writing"
+                )
 
     # --- phase 1 --------------------------------------------------------------------------
     def prepare_pool_shard(
@@ -774,7 +795,7 @@ class _Worker:
             except Exception as err:  # any unusable file is reported, never fatal here
                 info.update(usable=False, reason=_reason(err, path, name))
             infos.append(info)
-        self._check_parent()
+        self._check_owner()
         self.writer.write_pool(pool, shard, items[0][0], images, fovs, infos)
         return {"infos": infos, "maxrss": _maxrss()}
 
@@ -824,7 +845,7 @@ class _Worker:
             targets.append(t)
             sources.append(s)
             metas.append(sample.meta)
-        self._check_parent()
+        self._check_owner()
         self.writer.write_samples(shard, start, images, masks, targets, sources, metas)
         cpu = time.process_time() - cpu0
         return {"shard": shard, "samples": count, "maxrss": _maxrss(), "cpu": cpu}

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from anomalygen.errors import StoreError, one_line
+from anomalygen.errors import ConfigError, StoreError, one_line
 
 __all__ = [
     "CODECS",
@@ -248,19 +248,30 @@ def access_error(loc: StoreLocation, err: BaseException, doing: str) -> StoreErr
     return StoreError(f"{loc}: cannot {doing} ({one_line(err)}){access_hint(loc, err)}")
 
 
+#: ``--storage-option`` keys whose values stay strings even when they look like JSON numbers:
+#: credentials and names (a secret of digits must not become an int).
+STRING_OPTIONS = frozenset(
+    {"key", "secret", "token", "password", "username", "profile", "endpoint_url", "region_name"}
+)
+
+
 def parse_storage_options(items: Sequence[str]) -> dict[str, Any] | None:
     """``["KEY=VALUE", ...]`` (``--storage-option``) -> fsspec storage options, or None if empty.
 
-    A VALUE that parses as JSON is used as such (``anon=true``, ``client_kwargs={"region_name":
-    "eu-west-1"}``), any other as a string (``endpoint_url=http://minio:9000``). Raises
-    :class:`StoreError` for an item without ``=``.
+    A VALUE that parses as JSON is used as such (``anon=true``, ``default_block_size=5242880``,
+    ``client_kwargs={"region_name": "eu-west-1"}``), any other as a string
+    (``endpoint_url=http://minio:9000``); keys in ``STRING_OPTIONS`` always keep a string.
+    Raises :class:`ConfigError` for an item without ``=``.
     """
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise StoreError(f"--storage-option: expected KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--storage-option: expected KEY=VALUE, got {item!r}")
+        if key in STRING_OPTIONS:
+            options[key] = value
+            continue
         try:
             options[key] = json.loads(value)
         except ValueError:

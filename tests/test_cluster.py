@@ -28,8 +28,12 @@ cluster_mod = pytest.importorskip("anomalygen.cluster")
 N, SIZE, SHARD = 32, 64, 4
 
 
+#: Group attributes that differ between two renders of the same content.
+PER_RENDER_ATTRS = ("created", "completed", "store_id")
+
+
 def store_objects(loc: st.StoreLocation) -> dict[str, bytes]:
-    """Every object of a store, by key, except the group's zarr.json (it holds timestamps)."""
+    """Every object of a store, by key, except the group's zarr.json (compared apart)."""
     keys = sorted(k for k in loc.list_keys("") if k != "zarr.json")
     path = loc.local_path
     if path is not None:
@@ -39,10 +43,18 @@ def store_objects(loc: st.StoreLocation) -> dict[str, bytes]:
 
 
 def assert_same_objects(a: st.StoreLocation, b: st.StoreLocation) -> None:
+    """Byte-identical stores: every array object, and the group attributes except timestamps
+    and the store's id (the sources with their hashes, the skipped files, the config...)."""
     got, expected = store_objects(a), store_objects(b)
     assert sorted(got) == sorted(expected)
     differing = [k for k in expected if got[k] != expected[k]]
     assert not differing, f"{len(differing)} objects differ, first {differing[0]}"
+    attrs_a, attrs_b = st.read_attrs(a), st.read_attrs(b)
+    assert attrs_a is not None and attrs_b is not None
+    for key in PER_RENDER_ATTRS:
+        attrs_a.pop(key, None)
+        attrs_b.pop(key, None)
+    assert attrs_a == attrs_b
 
 
 def _render(out, src, **kwargs):
@@ -101,7 +113,7 @@ def test_cluster_render_is_byte_identical_to_a_local_one(
 
 
 def test_resume_after_the_cluster_shut_down_mid_render(sources, tmp_path) -> None:
-    n = 400  # 100 shards: the render is still running when the watcher closes the cluster
+    n = 600  # 150 shards: the render is still running when the watcher closes the cluster
     out = tmp_path / "cut.zarr"
     local = tmp_path / "local.zarr"
     _render(local, sources, n=n)
@@ -147,19 +159,93 @@ def test_resume_after_the_cluster_shut_down_mid_render(sources, tmp_path) -> Non
     assert_same_objects(st.location(str(out)), st.location(str(local)))
 
 
+def test_ctrl_c_stops_a_local_cluster_render_cleanly(sources, tmp_path) -> None:
+    """Ctrl-C reaches the whole process group (command, Dask's workers): one line, exit 130,
+    no worker tracebacks, and a store that resumes to the same bytes."""
+    import os
+    import signal
+
+    n, out, local = 400, tmp_path / "ctrlc.zarr", tmp_path / "local.zarr"
+    cmd = [sys.executable, "-m", "cli.anomalygen_cli", "render", "--src", sources, "--n", n]
+    cmd += ["--size", SIZE, "--shard-size", SHARD, "--out", out, "--scheduler", "local"]
+    cmd += ["--workers", 2, "-q"]
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives it
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if len(st.SampleStore(str(out)).complete_shards()) >= 2:
+                break
+        except StoreError:
+            pass
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "run the same command again to resume" in err.strip().splitlines()[-1]
+    done = len(st.SampleStore(str(out)).complete_shards())
+    assert 2 <= done < n // SHARD
+    _render(local, sources, n=n)
+    assert _render(out, sources, n=n).shards_already_done == done
+    assert_same_objects(st.location(str(out)), st.location(str(local)))
+
+
 def test_a_shard_run_twice_writes_the_same_bytes(sources, reference, tmp_path, monkeypatch) -> None:
     """Dask reruns the task of a worker that died; the second run must change nothing."""
+    import cv2
+
     # Run the task function here, without the one-time set-up meant for a worker process.
-    monkeypatch.setattr(cluster_mod, "_STATE", {"token": None, "workers": {}, "set_up": True})
+    monkeypatch.setattr(cluster_mod, "_STATE", {"set_up": True, "renders": {}})
+    threads = cv2.getNumThreads()
     out = tmp_path / "twice.zarr"
     _render(out, sources)
+    store_id = st.read_attrs(st.location(str(out)))["store_id"]
+    options = cluster_mod.StorageOptions(None)
     key = st.shard_key("image", 3, ndim=4)
     before = (out / key).read_bytes()
-    for token in ("first", "second"):  # a new token: fresh worker state, as on another worker
-        report = cluster_mod.run_task(token, str(out), None, 1 << 24, "render_shard", (3,))
-        assert report["shard"] == 3 and report["samples"] == SHARD
+    try:
+        for token in ("first", "second"):  # another token: fresh state, as on another worker
+            report = cluster_mod.run_task(
+                token, str(out), options, 1 << 24, store_id, "render_shard", (3,)
+            )
+            assert report["shard"] == 3 and report["samples"] == SHARD
+            cluster_mod._forget(token)
+    finally:
+        cv2.setNumThreads(threads)
     assert (out / key).read_bytes() == before
     assert_same_objects(st.location(str(out)), reference)
+
+
+def test_a_task_of_an_abandoned_render_does_not_write(sources, tmp_path, monkeypatch) -> None:
+    """A task still running after its render gave up must not write into a store that has
+    been started over (--overwrite) since: it checks the store's id first."""
+    import cv2
+
+    monkeypatch.setattr(cluster_mod, "_STATE", {"set_up": True, "renders": {}})
+    threads = cv2.getNumThreads()
+    out = tmp_path / "over.zarr"
+    _render(out, sources, seed=1)
+    old_id = st.read_attrs(st.location(str(out)))["store_id"]
+    _render(out, sources, seed=2, overwrite=True)
+    key = st.shard_key("image", 3, ndim=4)
+    before = (out / key).read_bytes()
+    try:
+        with pytest.raises(StoreError, match="started over by another render"):
+            cluster_mod.run_task(
+                "stale", str(out), cluster_mod.StorageOptions(None), 1 << 24, old_id,
+                "render_shard", (3,),
+            )  # fmt: skip
+    finally:
+        cluster_mod._forget("stale")
+        cv2.setNumThreads(threads)
+    assert (out / key).read_bytes() == before
 
 
 def test_a_dead_scheduler_fails_fast_in_one_line(sources, tmp_path, monkeypatch) -> None:
@@ -209,11 +295,21 @@ def test_workers_without_anomalygen_fail_fast(sources, tmp_path) -> None:
 
 def test_worker_access_check(reference, tmp_path) -> None:
     """What a worker reports when it cannot reach the store or the source photographs."""
-    missing = cluster_mod._check_access(str(tmp_path / "nowhere.zarr"), None, None)
+    none = cluster_mod.StorageOptions(None)
+    missing = cluster_mod._check_access(str(tmp_path / "nowhere.zarr"), none, None)
     assert missing is not None and "every worker reaches" in missing
-    no_src = cluster_mod._check_access(reference.url, None, str(tmp_path / "gone.png"))
+    no_src = cluster_mod._check_access(reference.url, none, str(tmp_path / "gone.png"))
     assert no_src is not None and "--src must be on a filesystem" in no_src
-    assert cluster_mod._check_access(reference.url, None, None) is None
+    assert cluster_mod._check_access(reference.url, none, None) is None
+
+
+def test_workers_with_another_version_are_refused(cluster, sources, tmp_path, monkeypatch):
+    """Samples could differ between versions: a worker running another one is refused."""
+    import anomalygen
+
+    monkeypatch.setattr(anomalygen, "__version__", "0.0.0-other")
+    with pytest.raises(ConfigError, match=r"runs anomalygen .*, this command 0\.0\.0-other"):
+        _render(tmp_path / "v.zarr", sources, scheduler=cluster.scheduler_address)
 
 
 @pytest.mark.parametrize(
@@ -221,6 +317,7 @@ def test_worker_access_check(reference, tmp_path) -> None:
     [
         ("localhost:8786", "x.zarr", "--scheduler: expected 'local' or a Dask scheduler address"),
         ("http://host:8786", "x.zarr", "--scheduler: expected"),
+        ("tcp://localhost:notaport", "x.zarr", "--scheduler: no Dask scheduler answers"),
         ("local", "memory://x.zarr", "memory:// store lives in this process"),
     ],
 )

@@ -12,7 +12,7 @@ import pytest
 
 from anomalygen import open_store
 from anomalygen import store as st
-from anomalygen.errors import StoreError
+from anomalygen.errors import ConfigError, StoreError
 from anomalygen.render import render
 from tests.synthetic import run_cli, write_sources
 from tests.test_cluster import assert_same_objects
@@ -28,19 +28,27 @@ BUCKET = "anomalygen-test"
 REGION = "us-west-2"  # moto refuses a LocationConstraint of us-east-1
 
 
-@pytest.fixture(autouse=True)
-def no_real_aws(monkeypatch) -> None:
+@pytest.fixture(scope="module", autouse=True)
+def no_real_aws():
     """Never look for credentials beyond what a test gives, and never ask an instance-metadata
-    endpoint (botocore would try 169.254.169.254 when it finds no credentials)."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    endpoint (botocore would try 169.254.169.254 when it finds no credentials). Module-scoped,
+    so that it is in force before the module-scoped store fixtures run."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+        ):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+        yield
 
 
 @pytest.fixture(scope="module")
-def s3():
+def s3(no_real_aws):
     """An S3 API on 127.0.0.1 (a free port) with one bucket; yields the storage options."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -159,6 +167,25 @@ def test_missing_credentials_fail_in_one_line(s3, sources, monkeypatch, capsys) 
     assert len(lines) == 1 and lines[0].startswith("error: ") and "credentials" in lines[0]
 
 
+def test_a_worker_without_credentials_is_told_so(s3, s3_store) -> None:
+    """The command may have credentials that a worker lacks: the worker check names them."""
+    from anomalygen.cluster import StorageOptions, _check_access
+
+    anonymous_worker = StorageOptions({"endpoint_url": s3["endpoint_url"]})
+    problem = _check_access(s3_store, anonymous_worker, None)
+    assert problem is not None and "credentials" in problem and "--storage-option" in problem
+    assert _check_access(s3_store, StorageOptions(s3), None) is None
+
+
+def test_storage_options_are_hidden_from_dask_logs(s3) -> None:
+    """Dask logs a failed task's arguments: the options travel in a wrapper that hides them."""
+    from anomalygen.cluster import StorageOptions
+
+    wrapped = StorageOptions(s3)
+    assert "testing" not in repr(wrapped) and "testing" not in str(wrapped)
+    assert "testing" not in repr((1, "s3://b/x.zarr", wrapped))
+
+
 def test_storage_option_parsing() -> None:
     parse = st.parse_storage_options
     assert parse([]) is None
@@ -167,7 +194,12 @@ def test_storage_option_parsing() -> None:
         "endpoint_url": "http://h:9000",
         "client_kwargs": {"a": 1},
     }
-    with pytest.raises(StoreError, match="KEY=VALUE"):
+    assert parse(["secret=0123", "key=1e5", "default_block_size=5242880"]) == {
+        "secret": "0123",  # credentials stay strings
+        "key": "1e5",
+        "default_block_size": 5242880,
+    }
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse(["anon"])
 
 
