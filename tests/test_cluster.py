@@ -248,6 +248,42 @@ def test_a_task_of_an_abandoned_render_does_not_write(sources, tmp_path, monkeyp
     assert (out / key).read_bytes() == before
 
 
+def test_a_cluster_left_without_workers_fails_instead_of_waiting(
+    sources, tmp_path, monkeypatch
+) -> None:
+    """Every worker gone but the scheduler up: tasks would wait forever; the render stops."""
+    monkeypatch.setattr(cluster_mod, "WATCH_INTERVAL_S", 0.2)
+    monkeypatch.setattr(cluster_mod, "WORKERS_TIMEOUT_S", 2.0)
+    out = tmp_path / "orphan.zarr"
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as lonely:
+
+        def remove_the_worker() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if st.SampleStore(str(out)).complete_shards():
+                        lonely.scale(0)
+                        return
+                except StoreError:
+                    pass
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=remove_the_worker)
+        watcher.start()
+        try:
+            with pytest.raises(StoreError, match="has had no workers for 2 s") as err:
+                _render(out, sources, n=600, scheduler=lonely.scheduler_address)
+        finally:
+            watcher.join()
+    assert "run the same command again" in str(err.value)
+
+
 def test_a_dead_scheduler_fails_fast_in_one_line(sources, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(cluster_mod, "CONNECT_TIMEOUT_S", 1.0)
     address = f"tcp://127.0.0.1:{free_port()}"
