@@ -164,11 +164,17 @@ def test_ctrl_c_stops_a_local_cluster_render_cleanly(sources, tmp_path) -> None:
     import signal
 
     n, out, local = 400, tmp_path / "ctrlc.zarr", tmp_path / "local.zarr"
-    cmd = [sys.executable, "-m", "cli.anomalygen_cli", "render", "--src", sources, "--n", n]
-    cmd += ["--size", SIZE, "--shard-size", SHARD, "--out", out, "--scheduler", "local"]
-    cmd += ["--workers", 2, "-q"]
+    args = ["render", "--src", sources, "--n", n, "--size", SIZE, "--shard-size", SHARD]
+    args += ["--out", out, "--scheduler", "local", "--workers", 2, "-q"]
+    # The command as a terminal starts it: Ctrl-C raises KeyboardInterrupt. (A test run started
+    # in the background, as CI may be, hands its children SIGINT ignored.)
+    as_from_a_terminal = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"sys.argv = ['anomalygen', *{[str(a) for a in args]!r}]; "
+        "runpy.run_module('cli.anomalygen_cli', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [str(c) for c in cmd],
+        [sys.executable, "-c", as_from_a_terminal],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
