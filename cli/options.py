@@ -17,6 +17,7 @@ StorageOption = Annotated[
     typer.Option(
         "--storage-option",
         "-S",
+        metavar="KEY=VALUE",
         help="fsspec option for a URL store, KEY=VALUE (repeatable; JSON values are parsed): "
         "e.g. -S endpoint_url=http://minio:9000 -S key=... -S secret=... -S anon=true.",
         rich_help_panel=STORAGE,

@@ -175,6 +175,7 @@ def render(
         str | None,
         typer.Option(
             "--scheduler",
+            metavar="ADDRESS",
             help="Run on Dask: 'local' (a LocalCluster of --workers processes) or a scheduler "
             "address, tcp://HOST:8786. Workers must reach --out and --src.",
             rich_help_panel=opt.STORAGE,
