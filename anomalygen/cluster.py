@@ -121,6 +121,7 @@ class DaskRunner:
         self.token = uuid.uuid4().hex[:12]
         self._cluster: Any = None
         self._futures: list[Any] = []
+        self._no_workers_since: float | None = None
         self.address = scheduler
         self._restore_logs = _quiet_dask_logs()
         try:
@@ -233,11 +234,12 @@ class DaskRunner:
             args_of[fut.key] = args
             self._futures.append(fut)
             fut.add_done_callback(done.put)
+        self._no_workers_since = None
         for _ in range(len(args_of)):
             fut = self._next_done(done)
             args = args_of[fut.key]
             try:
-                result = fut.result()
+                result = self._result(fut)
             except (AnomalygenError, KeyboardInterrupt):
                 raise
             except FutureCancelledError:
@@ -259,31 +261,44 @@ class DaskRunner:
         self._futures = []
 
     def _next_done(self, done: queue.Queue) -> Any:
-        """The next finished future. Raises if the cluster has had no workers for
-        ``WORKERS_TIMEOUT_S`` (its tasks would wait forever)."""
-        from anomalygen.render import _TaskFailed
-
-        no_workers_since: float | None = None
+        """The next finished future, watching the cluster meanwhile (``_watch_workers``)."""
         while True:
             try:
                 return done.get(timeout=WATCH_INTERVAL_S)
             except queue.Empty:
-                pass
+                self._watch_workers()
+
+    def _result(self, fut: Any) -> Any:
+        """``fut``'s result. A finished task's result lives on the worker that ran it: if that
+        worker left meanwhile, Dask runs the task again, so this too waits while watching."""
+        while True:
             try:
-                workers = self.client.scheduler_info(n_workers=-1)["workers"]
-            except Exception:  # the scheduler is gone: Dask cancels our futures, we see those
-                continue
-            if workers:
-                no_workers_since = None
-                continue
-            now = time.monotonic()
-            no_workers_since = no_workers_since or now
-            if now - no_workers_since >= WORKERS_TIMEOUT_S:
-                raise _TaskFailed(
-                    "rendering",
-                    f"the Dask cluster at {self.address} has had no workers for "
-                    f"{WORKERS_TIMEOUT_S:.0f} s (did they die? out of memory?)",
-                )
+                return fut.result(timeout=WATCH_INTERVAL_S)
+            except TimeoutError:
+                if fut.status == "error":  # the task's own TimeoutError (a slow store)
+                    raise
+                self._watch_workers()
+
+    def _watch_workers(self) -> None:
+        """Raise once the cluster has had no workers for ``WORKERS_TIMEOUT_S``: its tasks
+        would wait forever (Dask keeps them for workers that may come)."""
+        from anomalygen.render import _TaskFailed
+
+        try:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        except Exception:  # the scheduler is gone: Dask cancels our futures, we see those
+            return
+        now = time.monotonic()
+        if workers:
+            self._no_workers_since = None
+        elif self._no_workers_since is None:
+            self._no_workers_since = now
+        elif now - self._no_workers_since >= WORKERS_TIMEOUT_S:
+            raise _TaskFailed(
+                "rendering",
+                f"the Dask cluster at {self.address} has had no workers for "
+                f"{WORKERS_TIMEOUT_S:.0f} s (did they die? out of memory?)",
+            )
 
     def abort(self) -> None:
         """Cancel the tasks not yet started, then wait (at most ``DRAIN_TIMEOUT_S``) until the
