@@ -258,23 +258,15 @@ def render(
     }
 
     lock = _lock_for(loc)
-    try:
+    with st.access_errors(loc, "reach the store"):
         lock.acquire()
-    except AnomalygenError:
-        raise
-    except Exception as err:  # fsspec and cloud SDKs raise their own types
-        raise st.access_error(loc, err, "reach the store") from None
     try:
-        try:
-            _open_or_create(loc, attrs, params, overwrite=overwrite, pools=pools, n=n)
-        except AnomalygenError:
-            raise
-        except Exception as err:
-            raise st.access_error(loc, err, "create the store") from None
+        with st.access_errors(loc, "create the store"):
+            store_id = _open_or_create(loc, attrs, params, overwrite=overwrite, pools=pools, n=n)
         job = _Job(loc, pools, params, n_workers, cache_mb, strict, progress, progress_stream)
         job.lock = lock
         job.scheduler = scheduler
-        job.store_id = (st.read_attrs(loc) or {}).get("store_id")
+        job.store_id = store_id
         try:
             job.run()
         finally:
@@ -340,8 +332,9 @@ def _open_or_create(
     overwrite: bool,
     pools: dict[str, SourceList],
     n: int,
-) -> None:
-    """Create the store, or check that the one there was started with the same parameters."""
+) -> str | None:
+    """Create the store, or check that the one there was started with the same parameters.
+    Returns the store's ``store_id`` (None for a store written before it existed)."""
     existing = st.read_attrs(loc)
     if existing is not None and existing:
         if not overwrite:
@@ -355,7 +348,7 @@ def _open_or_create(
                     "rerun with the same ones to resume, or add --overwrite to start over"
                 )
             st.remove_partial_files(loc)  # left by a writer killed mid-write
-            return
+            return existing.get("store_id")
     elif existing is None and not loc.is_empty():
         raise StoreError(
             f"{loc}: exists and is not an anomalygen store; choose another --out "
@@ -375,6 +368,7 @@ def _open_or_create(
         )
     except OSError as err:
         raise StoreError(f"{loc}: cannot create the store ({one_line(err)})") from None
+    return attrs["store_id"]
 
 
 # ------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from anomalygen.errors import ConfigError, StoreError, one_line
+from anomalygen.errors import AnomalygenError, ConfigError, StoreError, one_line
 
 __all__ = [
     "CODECS",
@@ -246,6 +246,17 @@ def access_error(loc: StoreLocation, err: BaseException, doing: str) -> StoreErr
     """A one-line :class:`StoreError` for an exception raised while ``doing`` something to the
     store at ``loc`` (fsspec and cloud SDKs raise their own types, not only OSError)."""
     return StoreError(f"{loc}: cannot {doing} ({one_line(err)}){access_hint(loc, err)}")
+
+
+@contextlib.contextmanager
+def access_errors(loc: StoreLocation, doing: str) -> Iterator[None]:
+    """Turn anything but our own errors raised inside into :func:`access_error`."""
+    try:
+        yield
+    except AnomalygenError:
+        raise
+    except Exception as err:
+        raise access_error(loc, err, doing) from None
 
 
 #: ``--storage-option`` keys whose values stay strings even when they look like JSON numbers:
