@@ -266,8 +266,9 @@ STRING_OPTIONS = frozenset(
 )
 
 
-def parse_storage_options(items: Sequence[str]) -> dict[str, Any] | None:
-    """``["KEY=VALUE", ...]`` (``--storage-option``) -> fsspec storage options, or None if empty.
+def parse_storage_options(items: Sequence[str] | None) -> dict[str, Any] | None:
+    """``["KEY=VALUE", ...]`` (``--storage-option``) -> fsspec storage options, or None if
+    there are none.
 
     A VALUE that parses as JSON is used as such (``anon=true``, ``default_block_size=5242880``,
     ``client_kwargs={"region_name": "eu-west-1"}``), any other as a string
@@ -275,7 +276,7 @@ def parse_storage_options(items: Sequence[str]) -> dict[str, Any] | None:
     Raises :class:`ConfigError` for an item without ``=``.
     """
     options: dict[str, Any] = {}
-    for item in items:
+    for item in items or ():
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:

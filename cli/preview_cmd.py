@@ -70,7 +70,7 @@ def preview(
             indices=picks,
             tile=tile,
             columns=columns,
-            storage_options=parse_storage_options(storage_option or []),
+            storage_options=parse_storage_options(storage_option),
         )
         skipped: list[tuple[str, str]] = []
     else:

@@ -240,7 +240,7 @@ def render(
             progress=not quiet,
             cache_mb=cache_mb,
             scheduler=scheduler,
-            storage_options=parse_storage_options(storage_option or []),
+            storage_options=parse_storage_options(storage_option),
         )
     except RenderInterrupted as err:
         typer.echo(str(err), err=True)
@@ -286,7 +286,7 @@ def info(
     from anomalygen.progress import format_bytes
     from anomalygen.store import parse_storage_options, store_info
 
-    data = store_info(store, parse_storage_options(storage_option or []))
+    data = store_info(store, parse_storage_options(storage_option))
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -386,7 +386,7 @@ def verify(
         samples=samples,
         seed=seed,
         progress=not quiet,
-        storage_options=parse_storage_options(storage_option or []),
+        storage_options=parse_storage_options(storage_option),
     )
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)

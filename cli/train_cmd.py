@@ -275,7 +275,7 @@ def train(
             resume=resume,
             overwrite=overwrite,
             progress=not quiet,
-            storage_options=parse_storage_options(storage_option or []),
+            storage_options=parse_storage_options(storage_option),
         )
     except TrainingInterrupted as err:
         typer.echo(str(err), err=True)
