@@ -367,7 +367,12 @@ def _exact_bbox(
         return max(0, start - reach), min(limit, stop + reach + 1)
 
     def inside(ys: tuple[int, int], xs: tuple[int, int]) -> np.ndarray:
-        return _bright_pixels(np.ascontiguousarray(rgb[ys[0] : ys[1], xs[0] : xs[1]]), threshold)
+        # One more pixel on every side where the image has it: the 3x3 median of a strip then
+        # equals that of the whole image (a strip's own border would be replicated instead).
+        a0, b0 = max(0, ys[0] - 1), max(0, xs[0] - 1)
+        a1, b1 = min(height, ys[1] + 1), min(width, xs[1] + 1)
+        bright = _bright_pixels(np.ascontiguousarray(rgb[a0:a1, b0:b1]), threshold)
+        return bright[ys[0] - a0 : ys[1] - a0, xs[0] - b0 : xs[1] - b0]
 
     def first(hits: np.ndarray, start: int, fallback: int) -> int:
         return start + int(np.argmax(hits)) if hits.any() else fallback
@@ -382,10 +387,15 @@ def _exact_bbox(
     below = (bottom, min(height, bottom + reach + 1))
     before = (max(0, left - reach), left + 1)
     after = (right, min(width, right + reach + 1))
-    y0 = first(inside(above, span(mask[r0], width)).any(axis=1), above[0], top)
-    y1 = last(inside(below, span(mask[r1], width)).any(axis=1), below[0], bottom) + 1
-    x0 = first(inside(span(mask[:, c0], height), before).any(axis=0), before[0], left)
-    x1 = last(inside(span(mask[:, c1], height), after).any(axis=0), after[0], right) + 1
+    # The strips span where the mask's three outermost samples reach: the grid's median may
+    # have shaved a pointed edge, whose tip then lies beside the outermost sample, not at it.
+    y0 = first(inside(above, span(mask[r0 : r0 + 3].any(axis=0), width)).any(axis=1), above[0], top)
+    y1 = last(inside(below, span(mask[max(0, r1 - 2) : r1 + 1].any(axis=0), width)).any(axis=1),
+              below[0], bottom) + 1  # fmt: skip
+    x0 = first(inside(span(mask[:, c0 : c0 + 3].any(axis=1), height), before).any(axis=0),
+               before[0], left)  # fmt: skip
+    x1 = last(inside(span(mask[:, max(0, c1 - 2) : c1 + 1].any(axis=1), height), after).any(axis=0),
+              after[0], right) + 1  # fmt: skip
     return y0, x0, y1, x1
 
 
