@@ -23,7 +23,8 @@ _DEVICE = typer.Option("--device", help="auto (CUDA if available), cpu, cuda or 
 _BATCH = typer.Option("--batch-size", help="Images per forward pass.", min=1)
 _THRESHOLD = typer.Option(
     "--threshold",
-    help="Probability threshold for the pixel balanced accuracy, overlays and areas.",
+    help="Probability threshold for the pixel balanced accuracy, overlays and areas "
+    "(default: the run's own, chosen on its synthetic validation; 0.5 without one).",
     min=0.0,
     max=1.0,
 )
@@ -54,17 +55,27 @@ def _load(checkpoint: Path, device: str, scoring: str):  # -> (detector, torch.d
     return load_detector(checkpoint, str(dev), scoring=scoring), dev
 
 
+def _baseline(name: str, size: int, device: str):  # -> (baseline detector, torch.device)
+    from resynth_models.baseline import BASELINES, MedianResidual
+    from resynth_models.devices import resolve_device
+
+    if name not in BASELINES:
+        fail(f"--baseline: must be one of {', '.join(BASELINES)}, got {name!r}")
+    resolve_device(device)  # a bad --device is still an error
+    return MedianResidual(size), MedianResidual(size).device
+
+
 def evaluate(
-    checkpoint: Annotated[Path, _CHECKPOINT],
-    dataset: Annotated[str, typer.Option("--dataset", help="idrid, eyeq or folder.")],
+    checkpoint: Annotated[Path | None, _CHECKPOINT] = None,
+    dataset: Annotated[str, typer.Option("--dataset", help="idrid, eyeq or folder.")] = "",
     root: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--root",
             help="idrid: the IDRiD folder (holding 'A. Segmentation'); eyeq: the test image "
             "folder; folder: a folder with normal/, abnormal/ and optional masks/.",
         ),
-    ],
+    ] = None,
     normal_dir: Annotated[
         Path | None,
         typer.Option(
@@ -89,18 +100,39 @@ def evaluate(
     ] = None,
     device: Annotated[str, _DEVICE] = "auto",
     batch_size: Annotated[int, _BATCH] = 4,
-    threshold: Annotated[float, _THRESHOLD] = 0.5,
+    threshold: Annotated[float | None, _THRESHOLD] = None,
     overlays: Annotated[
         int, typer.Option("--overlays", help="Overlays of the best and of the worst images.", min=0)
     ] = 4,
     scoring: Annotated[str, _SCORING] = "localization",
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="Score a training-free baseline instead of a checkpoint: 'median' "
+            "(abs(green - median filter of green), window 1/8 of the side).",
+        ),
+    ] = None,
+    size: Annotated[
+        int,
+        typer.Option(
+            "--size", help="With --baseline: the side photographs are prepared at.", min=8
+        ),
+    ] = 768,
     workers: Annotated[int | None, _WORKERS] = None,
     quiet: Annotated[bool, _QUIET] = False,
 ) -> None:
     """Score a dataset and print the paper's tables (Table 1: EyeQ, Table 2: IDRiD).
 
-    Writes metrics.json, metrics.md, per_image.csv and Fig. 4-style overlays into --out.
+    Writes metrics.json, metrics.md, per_image.csv, curves.png (ROC and PR per lesion type) and
+    Fig. 4-style overlays into --out.
     """
+    if (checkpoint is None) == (baseline is None):
+        fail("give --checkpoint RUN (a trained detector) or --baseline median, one of them")
+    if not dataset:
+        fail("--dataset is required: idrid, eyeq or folder")
+    if root is None:
+        fail("--root is required: the dataset's folder")
     dataset = dataset.strip().lower()
     if dataset not in DATASETS:
         fail(f"--dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
@@ -118,7 +150,12 @@ def evaluate(
 
     splits = {} if split is None else {"split": split}  # None: the library's default, "all"
     eval_set = open_eval_set(dataset, root, normal_dir=normal_dir, labels_csv=labels, **splits)
-    detector, dev = _load(checkpoint, device, scoring)
+    if baseline is not None:
+        detector, dev = _baseline(baseline, size, device)
+        if out is None:
+            fail("--baseline needs --out (there is no run folder to write into)")
+    else:
+        detector, dev = _load(checkpoint, device, scoring)
     out_dir = out if out is not None else checkpoint / f"eval-{dataset}"
     typer.echo(f"{eval_set.description}", err=True)
     if eval_set.problems:
@@ -137,7 +174,7 @@ def evaluate(
         progress=not quiet,
         n_overlays=overlays,
         workers=workers,
-        checkpoint=str(checkpoint),
+        checkpoint=str(checkpoint) if checkpoint is not None else f"baseline {baseline}",
         log=_stderr if quiet else None,  # without the progress display, skips still print
     )
     typer.echo(result.markdown().split("\n## Overlays")[0].rstrip())
@@ -147,7 +184,8 @@ def evaluate(
             f"{out_dir / 'metrics.md'})",
             err=True,
         )
-    typer.echo(f"\nwrote {out_dir}/: metrics.json, metrics.md, per_image.csv, overlays/")
+    curves = ", curves.png" if result.curves else ""
+    typer.echo(f"\nwrote {out_dir}/: metrics.json, metrics.md, per_image.csv{curves}, overlays/")
 
 
 def predict(
@@ -158,7 +196,16 @@ def predict(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     device: Annotated[str, _DEVICE] = "auto",
     batch_size: Annotated[int, _BATCH] = 4,
-    threshold: Annotated[float, _THRESHOLD] = 0.5,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Probability threshold for the areas above it and the overlays' captions "
+            "(default: the run's own, chosen on its synthetic validation; 0.5 without one).",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = None,
     save_maps: Annotated[
         bool,
         typer.Option(

@@ -161,9 +161,11 @@ def save_weights(
     *,
     stage: int,
     network: NetworkConfig,
+    threshold: float | None = None,
 ) -> None:
-    """Atomically write a model's weights as safetensors, with the format, the stage and the
-    network config (JSON) in the header's metadata."""
+    """Atomically write a model's weights as safetensors, with the format, the stage, the
+    network config (JSON) and, for a detector, its pixel ``threshold`` (chosen on the synthetic
+    validation set) in the header's metadata."""
     from anomalygen.config import to_dict
 
     metadata = {
@@ -172,6 +174,8 @@ def save_weights(
         "stage": str(stage),
         "network": json.dumps(to_dict(network)),
     }
+    if threshold is not None:
+        metadata["threshold"] = repr(float(threshold))
     atomic_write_bytes(path, _tensors_to_bytes(state_dict, metadata))
 
 
@@ -397,6 +401,8 @@ class Detector:
       :class:`ReconstructionNet` (``"reconstruction"``: Table 3's first row), in eval mode.
     - ``size``: the side the network was trained at; ``clahe``: whether the training store's
       photographs were CLAHE-enhanced (paper 4.1), so inputs should be prepared the same way.
+    - ``threshold``: the pixel threshold that maximised the balanced accuracy on the run's
+      synthetic validation set (stage 2), or None (older runs, reconstruction scoring).
     - :meth:`anomaly_map`: ``x`` (B, 3, H, W) float in [0, 1] -> (B, H, W) scores in [0, 1].
     """
 
@@ -410,8 +416,10 @@ class Detector:
         network: NetworkConfig,
         device: torch.device,
         run_dir: Path | None = None,
+        threshold: float | None = None,
     ) -> None:
         self.model = model.eval()
+        self.threshold = threshold
         self.size = int(size)
         self.clahe = bool(clahe)
         self.scoring = scoring
@@ -533,4 +541,21 @@ def load_detector(
         network=network,
         device=dev,
         run_dir=run,
+        threshold=_threshold(metadata, path) if stage == 2 else None,
     )
+
+
+def _threshold(metadata: dict[str, str], path: Path) -> float | None:
+    """The detector threshold recorded in a weights file's metadata, checked, or None."""
+    text = metadata.get("threshold")
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise CheckpointError(
+            f"{path}: threshold {text!r} in its metadata is not a number"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise CheckpointError(f"{path}: threshold {value} in its metadata is outside [0, 1]")
+    return value

@@ -38,12 +38,15 @@ from anomalygen.sources import IMAGE_SUFFIXES, read_labels
 __all__ = [
     "EYEQ_LABELS_CSV",
     "IDRID_LESIONS",
+    "OTHER_LESION",
     "EvalItem",
     "EvalSet",
     "eyeq_items",
     "folder_items",
     "idrid_items",
+    "lesion_type",
     "load_item",
+    "load_item_by_type",
     "open_eval_set",
     "read_mask",
 ]
@@ -111,6 +114,13 @@ class EvalSet:
         return sum(item.label == 1 for item in self.items)
 
     @property
+    def lesion_types(self) -> tuple[str, ...]:
+        """The lesion types of the set's masks (:func:`lesion_type`), IDRiD's first, in order."""
+        found = {lesion_type(p) for item in self.items for p in item.mask_paths}
+        order = [code for _, code in IDRID_LESIONS] + [OTHER_LESION]
+        return tuple(t for t in order if t in found)
+
+    @property
     def has_pixel_labels(self) -> bool:
         """Whether any item has a ground-truth mask (pixel metrics can be computed)."""
         return any(item.segmented for item in self.items)
@@ -131,23 +141,45 @@ def load_item(
     :class:`ImageError` naming the file for an unreadable photograph or mask, a mask whose size
     differs from the photograph's, or a photograph without a field of view.
     """
+    prepared, by_type = load_item_by_type(item, size, clahe)
+    if by_type is None:
+        return prepared, None
+    union = np.zeros(prepared.fov.shape, dtype=np.uint8)
+    for mask in by_type.values():
+        union |= mask
+    return prepared, union
+
+
+def load_item_by_type(
+    item: EvalItem, size: int = 768, clahe: bool = True
+) -> tuple[PreparedFundus, dict[str, np.ndarray] | None]:
+    """As :func:`load_item`, with one mask per lesion type instead of their union: ``{type:
+    (size, size) uint8 mask}`` keyed by :func:`lesion_type` (IDRiD's MA, HE, EX, SE, in that
+    order; :data:`OTHER_LESION` for masks of other layouts), ``{}`` for an item with pixel labels
+    but no mask file (all normal), ``None`` for an item without pixel labels. Nearest-neighbour
+    resizing picks the same source pixel for every mask, so the union of these masks is exactly
+    :func:`load_item`'s mask."""
     rgb = read_image(item.path)
     prepared = prepare_fundus(rgb, size, clahe, name=str(item.path))
     if not item.segmented:
         return prepared, None
-    union = np.zeros(rgb.shape[:2], dtype=np.uint8)
+    full: dict[str, np.ndarray] = {}
     orientation = _exif_orientation(item.path)
     for mask_path in item.mask_paths:
         mask = _upright(read_mask(mask_path), orientation)
-        if mask.shape != union.shape:
+        if mask.shape != rgb.shape[:2]:
             raise ImageError(
                 f"{mask_path}: mask is {mask.shape[1]} x {mask.shape[0]} pixels but its "
-                f"photograph {item.path.name} is {union.shape[1]} x {union.shape[0]}"
+                f"photograph {item.path.name} is {rgb.shape[1]} x {rgb.shape[0]}"
             )
-        union |= mask
-    mask = apply_square(union, prepared.square, size, nearest=True)
-    mask &= prepared.fov
-    return prepared, mask
+        kind = lesion_type(mask_path)
+        full[kind] = full[kind] | mask if kind in full else mask
+    by_type = {}
+    for kind, mask in full.items():
+        small = apply_square(mask, prepared.square, size, nearest=True)
+        small &= prepared.fov
+        by_type[kind] = small
+    return prepared, by_type
 
 
 def read_mask(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -245,6 +277,16 @@ _IDRID_MASK = re.compile(
     r"^(?P<stem>.+)_(?P<code>" + "|".join(code for _, code in IDRID_LESIONS) + r")\.tiff?$",
     re.IGNORECASE,
 )
+
+#: The lesion type of a mask that does not name one (the folder layout's single mask per image).
+OTHER_LESION = "lesion"
+
+
+def lesion_type(path: str | Path) -> str:
+    """The lesion type a mask file holds: IDRiD's code (MA, HE, EX or SE) from its name, else
+    :data:`OTHER_LESION`."""
+    match = _IDRID_MASK.match(Path(path).name)
+    return match["code"].upper() if match else OTHER_LESION
 
 
 def idrid_items(

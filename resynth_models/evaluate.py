@@ -52,7 +52,8 @@ from anomalygen.errors import AnomalygenError, ConfigError
 from anomalygen.fundus import PreparedFundus
 from anomalygen.progress import Progress
 from resynth_models import overlay as draw
-from resynth_models.datasets import EvalItem, EvalSet, load_item
+from resynth_models.curves import plot_curves
+from resynth_models.datasets import OTHER_LESION, EvalItem, EvalSet, load_item_by_type
 from resynth_models.devices import detector_device, resolve_device
 from resynth_models.metrics import (
     PAPER_TABLE1,
@@ -138,6 +139,17 @@ def prefetch(
                 future.cancel()
 
 
+#: The threshold of a detector that has none of its own (the middle of the probability range).
+DEFAULT_THRESHOLD = 0.5
+
+
+def own_threshold(detector: Any) -> float:
+    """The detector's own pixel threshold (``detector.threshold``), or
+    :data:`DEFAULT_THRESHOLD` where it has none."""
+    value = getattr(detector, "threshold", None)
+    return DEFAULT_THRESHOLD if value is None else float(value)
+
+
 def anomaly_maps(
     detector: DetectorLike, images: list[np.ndarray], device: torch.device, amp: bool = True
 ) -> np.ndarray:
@@ -211,6 +223,11 @@ class EvaluationResult:
     image_level_note: str | None  # why image level is undefined, or what it covers
     pixel_level: dict[str, Any] | None  # PixelMetrics.compute(); None if undefined
     pixel_level_note: str | None
+    # Per lesion type (IDRiD's MA, HE, EX, SE): PixelMetrics.compute() of that type's pixels
+    # against the pixels of no lesion (other types' pixels left out), plus "n_images" with it.
+    pixel_by_type: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # ROC and PR points (PixelMetrics.curves) per lesion type and for "all": curves.png/.csv.
+    curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     overlays: list[dict[str, Any]] = field(default_factory=list)  # {"file", "kind", "name", ...}
     seconds: float = 0.0
     device: str = "cpu"
@@ -232,6 +249,7 @@ class EvaluationResult:
             "image_level_note": self.image_level_note,
             "pixel_level": self.pixel_level,
             "pixel_level_note": self.pixel_level_note,
+            "pixel_by_type": self.pixel_by_type,
             "overlays": self.overlays,
             "timing": {
                 "seconds": round(self.seconds, 3),
@@ -291,6 +309,8 @@ class EvaluationResult:
             ]
             if self.pixel_level_note:
                 lines += ["", self.pixel_level_note]
+        if self.pixel_by_type:
+            lines += ["", "## Pixel level per lesion type", "", *_type_table(self)]
         if self.overlays:
             lines += ["", "## Overlays", ""]
             lines += [f"- `{o['file']}`: {o['caption']}" for o in self.overlays]
@@ -317,11 +337,72 @@ class EvaluationResult:
                     f"{r.area_above:.6f}", _cell(r.lesion_pixels),
                     "" if r.pixel_aupr is None else f"{r.pixel_aupr:.6f}", r.path,
                 ])  # fmt: skip
-        return [out / "metrics.json", out / "metrics.md", out / "per_image.csv"]
+        written = [out / "metrics.json", out / "metrics.md", out / "per_image.csv"]
+        if self.curves:
+            written += self._write_curves(out)
+        return written
+
+    def _write_curves(self, out: Path) -> list[Path]:
+        """``curves.csv`` (every point) and ``curves.png`` (ROC and PR, one curve per type)."""
+        with (out / "curves.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["lesions", "threshold", "fpr", "tpr", "precision", "recall"])
+            for name, c in self.curves.items():
+                for row in zip(c["threshold"], c["fpr"], c["tpr"], c["precision"], c["recall"],
+                               strict=True):  # fmt: skip
+                    writer.writerow([name, *(f"{v:.6g}" for v in row)])
+        summary = {k: v for k, v in self.pixel_by_type.items()}
+        if self.pixel_level is not None:
+            summary["all"] = self.pixel_level
+        labels = {
+            name: f"{LESION_NAMES.get(name, name)}: AUROC {summary[name]['auroc']:.3f}, "
+            f"AUPR {summary[name]['aupr']:.3f}"
+            for name in self.curves
+        }
+        title = f"{self.dataset.get('kind', '')}: {self.detector.get('checkpoint') or 'detector'}"
+        plot_curves(self.curves, labels, out / "curves.png", title=title)
+        return [out / "curves.csv", out / "curves.png"]
 
 
 def _cell(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+#: Names of IDRiD's lesion codes in tables and plots.
+LESION_NAMES = {
+    "MA": "microaneurysms (MA)",
+    "HE": "haemorrhages (HE)",
+    "EX": "hard exudates (EX)",
+    "SE": "soft exudates (SE)",
+    OTHER_LESION: "lesions",
+}
+
+
+def _type_table(result: EvaluationResult) -> list[str]:
+    """Markdown lines: one row per lesion type and one for all lesions together."""
+    t = result.threshold
+    lines = [
+        f"| lesions | images | lesion pixels | AUROC | AUPR | ACC at {t:.3g} "
+        "| best ACC (threshold) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = [(LESION_NAMES.get(k, k), v) for k, v in result.pixel_by_type.items()]
+    if result.pixel_level is not None:
+        n_images = sum(r.lesion_pixels is not None and r.lesion_pixels > 0 for r in result.images)
+        rows.append(("all", {**result.pixel_level, "n_images": n_images}))
+    for name, m in rows:
+        lines.append(
+            f"| {name} | {m['n_images']} | {m['n_lesion_pixels']:,} | {m['auroc']:.3f} | "
+            f"{m['aupr']:.3f} | {m['balanced_accuracy']:.3f} | "
+            f"{m['best_balanced_accuracy']:.3f} ({m['best_threshold']:.3g}) |"
+        )
+    lines += [
+        "",
+        "Each type's row scores its lesion pixels against the pixels of no lesion (pixels of the "
+        "other types are left out); 'all' scores every lesion pixel against the same normal "
+        "pixels. Curves: `curves.png`.",
+    ]
+    return lines
 
 
 def _versions() -> dict[str, str]:
@@ -459,7 +540,7 @@ def evaluate(
     out_dir: str | Path | None,
     batch_size: int = 4,
     device: str | torch.device | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     progress: bool = True,
     *,
     n_overlays: int = DEFAULT_OVERLAYS,
@@ -477,8 +558,9 @@ def evaluate(
     - ``batch_size``: images per forward pass; ``workers``: loader threads (default
       :func:`default_workers`); ``amp``: bf16 autocast on CUDA.
     - ``threshold``: for the pixel balanced accuracy ("ACC"), the overlays and the per-image
-      "area above threshold" (the paper does not state its threshold; 0.5 is the natural one
-      for a probability).
+      "area above threshold". None takes the detector's own (``detector.threshold``: chosen on
+      the synthetic validation set at the end of training), else 0.5 (the paper does not state
+      its threshold).
     - ``progress``: a progress bar (rich on a terminal, plain lines otherwise) on stderr;
       ``log``: where to report skipped images (default: through the progress display).
 
@@ -490,6 +572,7 @@ def evaluate(
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    threshold = own_threshold(detector) if threshold is None else threshold
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
     if len(eval_set) == 0:
@@ -497,26 +580,43 @@ def evaluate(
     device = resolve_device(device if device is not None else detector_device(detector))
     workers = default_workers() if workers is None else workers
     pixel = PixelMetrics(thresholds=(threshold,)) if eval_set.has_pixel_labels else None
+    types = [t for t in eval_set.lesion_types if t != OTHER_LESION]
+    by_type = {t: PixelMetrics(thresholds=(threshold,)) for t in types}
+    type_images = dict.fromkeys(types, 0)
     gallery = _Gallery(n_overlays, eval_set.has_pixel_labels)
     images: list[ImageResult] = []
     skipped: list[dict[str, str]] = []
     any_mask = False
 
-    def load(item: EvalItem) -> tuple[PreparedFundus, np.ndarray | None]:
-        return load_item(item, size=detector.size, clahe=detector.clahe)
+    def load(item: EvalItem) -> tuple[PreparedFundus, dict[str, np.ndarray] | None]:
+        return load_item_by_type(item, size=detector.size, clahe=detector.clahe)
 
-    def score_batch(batch: list[tuple[EvalItem, PreparedFundus, np.ndarray | None]]) -> None:
+    def update_types(prob: np.ndarray, masks: dict[str, np.ndarray], union: np.ndarray,
+                     fov: np.ndarray) -> None:  # fmt: skip
+        for t, metrics in by_type.items():
+            mask = masks.get(t)
+            if mask is None:  # this image has none of type t: its normal pixels still count
+                metrics.update(prob, union, valid=fov & (union == 0))
+                continue
+            type_images[t] += bool(mask.any())
+            metrics.update(prob, mask, valid=fov & ((mask != 0) | (union == 0)))
+
+    def score_batch(batch: list[tuple[EvalItem, PreparedFundus, dict | None]]) -> None:
         nonlocal any_mask
         maps = anomaly_maps(detector, [p.image for _, p, _ in batch], device, amp)
-        for (item, prepared, mask), prob in zip(batch, maps, strict=True):
+        for (item, prepared, masks), prob in zip(batch, maps, strict=True):
             fov = prepared.fov.astype(bool)
             prob[~fov] = 0.0  # outside the FOV does not count (and is not drawn)
             inside = prob[fov]
-            lesion_pixels = aupr = None
-            if mask is not None:
+            lesion_pixels = aupr = mask = None
+            if masks is not None:
                 any_mask = True
                 assert pixel is not None
+                mask = np.zeros(fov.shape, dtype=np.uint8)
+                for m in masks.values():
+                    mask |= m
                 pixel.update(prob, mask, valid=fov)
+                update_types(prob, masks, mask, fov)
                 lesion_pixels = int(np.count_nonzero(mask[fov]))
                 aupr = _per_image_aupr(prob, mask, fov)
             result = ImageResult(
@@ -542,7 +642,7 @@ def evaluate(
     bar = Progress(len(eval_set), description="evaluate", unit="images", enabled=progress)
     report = log if log is not None else bar.log
     with bar:
-        batch: list[tuple[EvalItem, PreparedFundus, np.ndarray | None]] = []
+        batch: list[tuple[EvalItem, PreparedFundus, dict | None]] = []
         for item, loaded, error in prefetch(eval_set, load, workers):
             if error is not None:
                 reason = str(error).replace(str(item.path), "").strip(" :") or type(error).__name__
@@ -567,6 +667,7 @@ def evaluate(
         )
     image_level, image_note = _image_level(images)
     pixel_level, pixel_note = _pixel_level(pixel, eval_set, any_mask, threshold)
+    pixel_by_type, curves = _per_type(pixel_level, pixel, by_type, type_images, threshold)
     result = EvaluationResult(
         dataset={
             "kind": eval_set.kind,
@@ -580,6 +681,7 @@ def evaluate(
         detector={
             "checkpoint": checkpoint,
             "scoring": getattr(detector, "scoring", "localization"),
+            "threshold": getattr(detector, "threshold", None),
             "size": detector.size,
             "clahe": detector.clahe,
         },
@@ -590,6 +692,8 @@ def evaluate(
         image_level_note=image_note,
         pixel_level=pixel_level,
         pixel_level_note=pixel_note,
+        pixel_by_type=pixel_by_type,
+        curves=curves,
         seconds=seconds,
         device=str(device),
     )
@@ -609,6 +713,26 @@ def evaluate(
             )
         result.write(out)
     return result
+
+
+def _per_type(
+    pixel_level: dict[str, Any] | None,
+    pixel: PixelMetrics | None,
+    by_type: dict[str, PixelMetrics],
+    type_images: dict[str, int],
+    threshold: float,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, np.ndarray]]]:
+    """Metrics and curves per lesion type with lesion pixels, and the curves of "all"."""
+    if pixel_level is None or pixel is None:
+        return {}, {}
+    metrics, curves = {}, {}
+    for t, m in by_type.items():
+        if m.n_lesion_pixels == 0:
+            continue
+        metrics[t] = {**m.compute(threshold), "n_images": type_images[t]}
+        curves[t] = m.curves()
+    curves["all"] = pixel.curves()
+    return metrics, curves
 
 
 def _image_level(images: list[ImageResult]) -> tuple[dict[str, Any] | None, str | None]:

@@ -359,6 +359,40 @@ class PixelMetrics:
         j = int(np.argmax(score))
         return bin_lower_edge(j, self.mantissa_bits), float(score[j])
 
+    def curves(self, max_points: int = 2000) -> dict[str, np.ndarray]:
+        """ROC and precision-recall curves from the histograms, for plots.
+
+        Returns ``{"fpr", "tpr", "recall", "precision", "threshold"}``: one point per non-empty
+        bin edge from the highest score down (as ``roc_curve`` / ``precision_recall_curve``
+        would give on the binned scores), thinned to at most ``max_points`` evenly spread over
+        the recall and the false-positive rate, with the curves' end points kept.
+        ``threshold`` is each point's bin edge: predicting ``score >= threshold`` gives it.
+        """
+        neg, pos, n_neg, n_pos = self._check_defined("pixel curves")
+        keep = (pos + neg)[::-1] > 0  # descending bins that hold any pixel
+        tp = np.cumsum(pos[::-1])[keep]
+        fp = np.cumsum(neg[::-1])[keep]
+        edges = np.flatnonzero(keep[::-1])[::-1]  # ascending bin index of each point
+        if len(tp) > max_points:
+            half = max(max_points // 2 - 1, 1)
+            pick = np.unique(
+                np.concatenate(
+                    [
+                        np.searchsorted(tp, np.linspace(0, n_pos, half)),
+                        np.searchsorted(fp, np.linspace(0, n_neg, half)),
+                        [0, len(tp) - 1],
+                    ]
+                ).clip(0, len(tp) - 1)
+            )
+            tp, fp, edges = tp[pick], fp[pick], edges[pick]
+        return {
+            "fpr": fp / n_neg,
+            "tpr": tp / n_pos,
+            "recall": tp / n_pos,
+            "precision": tp / np.maximum(tp + fp, 1.0),
+            "threshold": np.array([bin_lower_edge(int(j), self.mantissa_bits) for j in edges]),
+        }
+
     def compute(self, threshold: float = 0.5) -> dict[str, float | int]:
         """All pixel metrics as plain numbers (JSON-ready).
 

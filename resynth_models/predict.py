@@ -41,6 +41,7 @@ from resynth_models.evaluate import (
     DetectorLike,
     anomaly_maps,
     default_workers,
+    own_threshold,
     prefetch,
 )
 from resynth_models.metrics import image_score
@@ -162,7 +163,7 @@ def predict(
     out_dir: str | Path,
     batch_size: int = 4,
     device: str | torch.device | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     save_maps: bool = False,
     progress: bool = True,
     *,
@@ -172,12 +173,14 @@ def predict(
 ) -> PredictionResult:
     """Anomaly maps, overlays and scores for the photographs in ``inputs`` (files or folders).
 
-    ``threshold`` is used for the "area above threshold" columns and the caption; ``save_maps``
+    ``threshold`` is used for the "area above threshold" columns and the caption (None: the
+    detector's own, see :func:`~resynth_models.evaluate.own_threshold`); ``save_maps``
     also writes the raw map (16-bit PNG); ``workers`` loader threads read and prepare
     photographs ahead of the network; ``amp``: bf16 autocast on CUDA.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    threshold = own_threshold(detector) if threshold is None else threshold
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
     device = resolve_device(device if device is not None else detector_device(detector))

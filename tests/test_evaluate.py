@@ -383,3 +383,159 @@ def test_cli_module_imports_without_torch() -> None:
     code = "import sys, cli.evaluate_cmd; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Per lesion type, curves, the baseline and the detector's own threshold
+
+IDRID_IMAGES = Path("A. Segmentation/1. Original Images/b. Testing Set")
+IDRID_TRUTHS = Path("A. Segmentation/2. All Segmentation Groundtruths/b. Testing Set")
+
+
+def _tif(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.frombytes("P", (mask.shape[1], mask.shape[0]), (mask > 0).astype(np.uint8).tobytes())
+    im.putpalette([0, 0, 0, 255, 0, 0])
+    im.save(path)
+
+
+@pytest.fixture()
+def typed_idrid(tmp_path: Path) -> Path:
+    """An IDRiD layout of three images with blue "EX" blocks and dark "HE" blocks (HE only in
+    two of them): a blue oracle finds EX and not HE."""
+    root = tmp_path / "idrid"
+    for k in range(3):
+        rgb = make_fundus(96, 20 + k)
+        ex = np.zeros((96, 96), np.uint8)
+        ex[30 + 4 * k : 42 + 4 * k, 30:42] = 1
+        rgb[ex > 0] = (20, 40, 230)
+        _save(root / IDRID_IMAGES / f"IDRiD_6{k}.png", rgb)
+        _tif(root / IDRID_TRUTHS / "3. Hard Exudates" / f"IDRiD_6{k}_EX.tif", ex)
+        if k < 2:
+            he = np.zeros((96, 96), np.uint8)
+            he[55:63, 50 + 5 * k : 58 + 5 * k] = 1
+            rgb[he > 0] = (60, 10, 10)
+            _save(root / IDRID_IMAGES / f"IDRiD_6{k}.png", rgb)
+            _tif(root / IDRID_TRUTHS / "2. Haemorrhages" / f"IDRiD_6{k}_HE.tif", he)
+    return root
+
+
+def test_per_lesion_type_metrics_match_sklearn(typed_idrid: Path, tmp_path: Path) -> None:
+    from resynth_models.datasets import load_item_by_type
+
+    eval_set = idrid_items(typed_idrid, split="test")
+    assert eval_set.lesion_types == ("HE", "EX")
+    oracle = BlueOracle()
+    result = evaluate(oracle, eval_set, tmp_path / "eval", progress=False)
+    assert set(result.pixel_by_type) == {"HE", "EX"}
+    assert result.pixel_by_type["HE"]["n_images"] == 2
+    assert result.pixel_by_type["EX"]["n_images"] == 3
+    assert result.pixel_by_type["EX"]["auroc"] > 0.98  # the oracle sees blue lesions...
+    assert result.pixel_by_type["HE"]["auroc"] < 0.6  # ...and not dark ones
+    # each type: its pixels against the pixels of no lesion, as scikit-learn computes it
+    for kind in ("HE", "EX"):
+        scores, truth = [], []
+        for item in eval_set:
+            prepared, masks = load_item_by_type(item, SIZE, False)
+            prob = anomaly_maps(oracle, [prepared.image], torch.device("cpu"))[0]
+            union = np.zeros(prepared.fov.shape, np.uint8)
+            for m in masks.values():
+                union |= m
+            mine = masks.get(kind, np.zeros_like(union))
+            keep = prepared.fov.astype(bool) & ((mine > 0) | (union == 0))
+            scores.append(prob[keep])
+            truth.append(mine[keep])
+        s, y = np.concatenate(scores), np.concatenate(truth)
+        got = result.pixel_by_type[kind]
+        assert got["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-4)
+        assert got["aupr"] == pytest.approx(average_precision_score(y, s), abs=1e-4)
+        assert got["n_lesion_pixels"] == int(y.sum())
+    md = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "## Pixel level per lesion type" in md
+    assert "| haemorrhages (HE) | 2 |" in md and "| hard exudates (EX) | 3 |" in md
+    data = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(data["pixel_by_type"]) == {"HE", "EX"}
+    # curves: one PNG, and every point in the CSV, for each type and for all
+    png = cv2.imread(str(tmp_path / "eval" / "curves.png"))
+    assert png is not None and png.shape[1] > png.shape[0] > 200
+    rows = _read_csv(tmp_path / "eval" / "curves.csv")
+    assert {r["lesions"] for r in rows} == {"HE", "EX", "all"}
+    ex = [r for r in rows if r["lesions"] == "EX"]
+    assert all(0 <= float(r[k]) <= 1 for r in ex for k in ("fpr", "tpr", "precision", "recall"))
+    assert float(ex[-1]["recall"]) == 1.0
+
+
+def test_curves_agree_with_sklearn() -> None:
+    from sklearn.metrics import auc, roc_curve
+
+    from resynth_models.metrics import PixelMetrics
+
+    rng = np.random.default_rng(3)
+    y = rng.random(50_000) < 0.03
+    p = np.clip(rng.random(50_000) * 0.6 + 0.35 * y, 0, 1).astype(np.float32)
+    metrics = PixelMetrics()
+    metrics.update(p, y)
+    curves = metrics.curves(max_points=500)
+    assert len(curves["fpr"]) <= 500
+    assert np.all(np.diff(curves["fpr"]) >= 0) and np.all(np.diff(curves["tpr"]) >= 0)
+    fpr, tpr, _ = roc_curve(y, p)
+    assert auc(np.r_[0, curves["fpr"]], np.r_[0, curves["tpr"]]) == pytest.approx(
+        auc(fpr, tpr), abs=2e-3
+    )
+    # each point's threshold gives that point
+    for i in (0, len(curves["tpr"]) // 2, len(curves["tpr"]) - 1):
+        t = curves["threshold"][i]
+        assert curves["tpr"][i] == pytest.approx((p[y] >= t).mean(), abs=1e-12)
+
+
+def test_median_baseline_lights_spots_and_cli(typed_idrid: Path, tmp_path: Path, capsys,
+                                               monkeypatch) -> None:  # fmt: skip
+    from resynth_models.baseline import MedianResidual
+
+    baseline = MedianResidual(64)
+    assert baseline.kernel == 9  # 64 / 8, odd
+    image = np.full((1, 3, 64, 64), 0.5, dtype=np.float32)
+    image[0, 1, 30:33, 30:33] = 0.9  # a bright spot in green
+    maps = baseline.anomaly_map(torch.from_numpy(image)).numpy()
+    assert maps.shape == (1, 64, 64)
+    assert maps[0, 31, 31] == pytest.approx(100 / 255, abs=2 / 255)
+    assert maps[0, 5, 5] == 0.0
+    code, stdout, stderr = run_cli(
+        ["evaluate", "--baseline", "median", "--size", "64", "--dataset", "idrid", "--root",
+         typed_idrid, "--out", tmp_path / "base", "-q"], capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 0, stderr
+    data = json.loads((tmp_path / "base" / "metrics.json").read_text())
+    assert data["detector"]["checkpoint"] == "baseline median" and data["detector"]["size"] == 64
+    assert "Pixel level per lesion type" in stdout
+    code, _, stderr = run_cli(["evaluate", "--baseline", "median", "--dataset", "idrid", "--root",
+                               typed_idrid, "-q"], capsys, monkeypatch)  # fmt: skip
+    assert code == 1 and "--baseline needs --out" in stderr
+    code, _, stderr = run_cli(["evaluate", "--dataset", "idrid", "--root", typed_idrid, "-q"],
+                              capsys, monkeypatch)  # fmt: skip
+    assert code == 1 and "give --checkpoint RUN" in stderr
+
+
+def test_the_detector_threshold_is_used_unless_given(folder_layout: Path, tmp_path: Path) -> None:
+    from resynth_models.checkpoint import (
+        CheckpointError,
+        load_detector,
+        save_weights,
+        stage_weights_path,
+    )
+
+    run = make_run(tmp_path / "run")
+    assert load_detector(run).threshold is None  # an older run: no threshold recorded
+    network = load_detector(run).network
+    model = load_detector(run).model
+    save_weights(stage_weights_path(run, 2), model.state_dict(), stage=2, network=network,
+                 threshold=0.125)  # fmt: skip
+    detector = load_detector(run)
+    assert detector.threshold == 0.125
+    eval_set = folder_items(folder_layout)
+    assert evaluate(detector, eval_set, None, progress=False).threshold == 0.125
+    assert evaluate(detector, eval_set, None, threshold=0.5, progress=False).threshold == 0.5
+    save_weights(stage_weights_path(run, 2), model.state_dict(), stage=2, network=network,
+                 threshold=7.0)  # fmt: skip
+    with pytest.raises(CheckpointError, match="outside"):
+        load_detector(run)
