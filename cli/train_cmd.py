@@ -104,6 +104,14 @@ def train(
         bool,
         typer.Option("--no-augment", help="No flips, rotations or zoom.", rich_help_panel=SCHEDULE),
     ] = False,
+    photometric: Annotated[
+        bool | None,
+        typer.Option(
+            "--photometric/--no-photometric",
+            help="Whole-image gain, gamma and blur changes (other cameras; default: per preset).",
+            rich_help_panel=SCHEDULE,
+        ),
+    ] = None,
     rec_features: Annotated[
         str | None,
         typer.Option(
@@ -226,6 +234,7 @@ def train(
     """
     from anomalygen.store import parse_storage_options
     from resynth_models.data import NO_AUGMENT
+    from resynth_models.photometric import PhotometricConfig
     from resynth_models.train import TrainingInterrupted, make_configs
     from resynth_models.train import train as run_train
 
@@ -258,6 +267,7 @@ def train(
         workers=workers,
         seed=seed,
         augment=NO_AUGMENT if no_augment else None,
+        photometric=None if photometric is None else PhotometricConfig(enabled=photometric),
         val_fraction=val_fraction,
         val_samples=val_samples,
         val_interval=val_interval,

@@ -39,6 +39,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from anomalygen.errors import ConfigError, StoreError
+from resynth_models.photometric import (
+    NO_PHOTOMETRIC,
+    PhotometricConfig,
+    apply_photometric,
+    draw_photometric,
+)
 
 __all__ = [
     "GeometryConfig",
@@ -61,6 +67,7 @@ __all__ = [
 # change would change every run's data order and augmentation).
 _AUGMENT_TAG = 0xA06
 _ORDER_TAG = 0x0DE7
+_PHOTOMETRIC_TAG = 0xC010
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +122,11 @@ class Geometry:
 def augment_rng(seed: int, stage: int, epoch: int, index: int) -> np.random.Generator:
     """THE randomness of one training item: a function of (seed, stage, pass, store index)."""
     return np.random.default_rng([_AUGMENT_TAG, int(seed), int(stage), int(epoch), int(index)])
+
+
+def photometric_rng(seed: int, stage: int, epoch: int, index: int) -> np.random.Generator:
+    """The photometric randomness of one training item (a stream apart from the geometry's)."""
+    return np.random.default_rng([_PHOTOMETRIC_TAG, int(seed), int(stage), int(epoch), int(index)])
 
 
 def draw_geometry(rng: np.random.Generator, config: GeometryConfig) -> Geometry:
@@ -230,10 +242,12 @@ class _StoreDataset(Dataset):
         seed: int,
         indices: Sequence[int] | None,
         stage: int,
+        photometric: PhotometricConfig = NO_PHOTOMETRIC,
     ) -> None:
         self.store = store
         self.size = int(size) if size is not None else int(store.size)
         self.geometry = geometry
+        self.photometric = photometric
         self.seed = int(seed)
         self.stage = stage
         self.indices = np.asarray(
@@ -251,6 +265,12 @@ class _StoreDataset(Dataset):
             return Geometry()
         return draw_geometry(augment_rng(self.seed, self.stage, epoch, index), self.geometry)
 
+    def _photometric(self, image: np.ndarray, epoch: int, index: int) -> np.ndarray:
+        if not self.photometric.enabled:
+            return image
+        rng = photometric_rng(self.seed, self.stage, epoch, index)
+        return apply_photometric(image, draw_photometric(rng, self.photometric))
+
 
 class NormalsDataset(_StoreDataset):
     """Stage 1: ``ds[(pass, k)] -> {"image": uint8 (3, S, S), "fov": uint8 (S, S)}``.
@@ -267,8 +287,9 @@ class NormalsDataset(_StoreDataset):
         geometry: GeometryConfig = NO_AUGMENT,
         seed: int = 0,
         indices: Sequence[int] | None = None,
+        photometric: PhotometricConfig = NO_PHOTOMETRIC,
     ) -> None:
-        super().__init__(store, size, geometry, seed, indices, stage=1)
+        super().__init__(store, size, geometry, seed, indices, stage=1, photometric=photometric)
 
     def _source_len(self) -> int:
         return n_normals(self.store)
@@ -279,6 +300,7 @@ class NormalsDataset(_StoreDataset):
         image, fov = self.store.normals[j]
         image, fov = resize_image(image, self.size), resize_mask(fov, self.size)
         image, (fov,) = apply_geometry(image, [fov], self._geometry(epoch, j))
+        image = self._photometric(image, epoch, j)
         return {"image": _image_tensor(image), "fov": _mask_tensor(fov)}
 
 
@@ -299,8 +321,9 @@ class SyntheticDataset(_StoreDataset):
         seed: int = 0,
         indices: Sequence[int] | None = None,
         with_fov: bool = False,
+        photometric: PhotometricConfig = NO_PHOTOMETRIC,
     ) -> None:
-        super().__init__(store, size, geometry, seed, indices, stage=2)
+        super().__init__(store, size, geometry, seed, indices, stage=2, photometric=photometric)
         self.with_fov = with_fov
 
     def _source_len(self) -> int:
@@ -316,6 +339,7 @@ class SyntheticDataset(_StoreDataset):
             fov = resize_mask(self.store.normals[int(self.store.meta(i)["target"])][1], self.size)
         image, mask = resize_image(image, self.size), resize_mask(mask, self.size, any_part=True)
         image, (mask, fov) = apply_geometry(image, [mask, fov], self._geometry(epoch, i))
+        image = self._photometric(image, epoch, i)
         item = {"image": _image_tensor(image), "mask": _mask_tensor(mask)}
         if fov is not None:
             item["fov"] = _mask_tensor(fov)

@@ -94,6 +94,7 @@ from resynth_models.networks import (
     ReSynthDetect,
     check_input_size,
 )
+from resynth_models.photometric import NO_PHOTOMETRIC, PhotometricConfig
 
 __all__ = [
     "TRAIN_PRESETS",
@@ -138,6 +139,8 @@ class TrainConfig:
     #                   about 35 samples/s at 768 px (benchmarks/bench_train.py), 4 feed a GPU
     seed: int = 0  # model init, data order and augmentation
     augment: GeometryConfig = field(default_factory=GeometryConfig)  # flip / rotate / zoom
+    # whole-image gain, gamma and blur (resynth_models.photometric); off is the paper's setting
+    photometric: PhotometricConfig = field(default_factory=lambda: NO_PHOTOMETRIC)
     val_fraction: float = 0.05  # stage 2: last share of the store's complete shards held out
     # Ours: validation, logging and checkpoints cost well under 5% of a 768 px GPU run at these.
     val_samples: int = 256  # held-out samples per validation, evenly spread (0: all of them)
@@ -905,7 +908,9 @@ def _train_stage(
     # --- data ---------------------------------------------------------------------------
     split = None
     if stage == 1:
-        dataset = NormalsDataset(store, size, config.augment, config.seed)
+        dataset = NormalsDataset(
+            store, size, config.augment, config.seed, photometric=config.photometric
+        )
     else:
         if state is not None:
             s = state["info"]["split"]
@@ -913,7 +918,9 @@ def _train_stage(
         else:
             split = split_shards(store, config.val_fraction)
         train_idx = split.indices(store, "train")
-        dataset = SyntheticDataset(store, size, config.augment, config.seed, indices=train_idx)
+        dataset = SyntheticDataset(
+            store, size, config.augment, config.seed, train_idx, photometric=config.photometric
+        )
     global_batch = config.batch_size * dist.world
     steps_per_epoch = n_norm / global_batch  # 1 epoch = one sample per normal photograph
     if config.steps is not None:
@@ -1123,7 +1130,12 @@ def _train_stage(
         raise RuntimeError("stage 2 changed the frozen reconstruction network (a bug)")
     weights = ckpt.stage_weights_path(run, stage)
     if dist.main:
-        ckpt.save_weights(weights, model.state_dict(), stage=stage, network=network)
+        # The detector's own threshold: the one that maximised the balanced accuracy on the
+        # final validation (evaluate and predict use it unless told otherwise).
+        threshold = (validation or {}).get("val_best_threshold") if stage == 2 else None
+        ckpt.save_weights(
+            weights, model.state_dict(), stage=stage, network=network, threshold=threshold
+        )
         log.record({"stage": stage, "step": step, "event": "end", "weights": weights.name})
     dist.barrier()
     seconds = time.monotonic() - t0
@@ -1197,6 +1209,8 @@ def _validate(
         val_auroc=m["auroc"],
         val_aupr=m["aupr"],
         val_balanced_accuracy=m["balanced_accuracy"],
+        val_best_threshold=m["best_threshold"],
+        val_best_balanced_accuracy=m["best_balanced_accuracy"],
         val_pixels=m["n_pixels"],
         val_lesion_pixels=m["n_lesion_pixels"],
     )
