@@ -36,6 +36,7 @@ from anomalygen.augment import AugmentConfig, augment
 from anomalygen.errors import ConfigError, ImageError
 from anomalygen.perlin import PerlinConfig, perlin_mask
 from anomalygen.selfmix import distance_weights, paste, self_mix
+from anomalygen.tone import ToneConfig, apply_tone, draw_tone
 
 SOURCES = ("fundus", "texture")
 BLENDS = ("selfmix", "paste")
@@ -69,6 +70,11 @@ class GeneratorConfig:
     aspect: tuple[float, float] = (0.5, 2.0)
     # The self-mix scaling factor of Eq. 3. Paper: 0.7.
     alpha: float = 0.7
+    # Ours: draw alpha per lesion, uniformly from this range, instead of the constant above
+    # (None: the paper's constant). A low alpha fades a lesion into the retina over its outer
+    # pixels (W = D / max D at alpha 0), as real haemorrhages and soft exudates do at 256 px;
+    # the paper's 0.7 leaves a step of 70 % of the lesion's contrast at its edge.
+    alpha_range: tuple[float, float] | None = None
     # Table 4 ablations. source: "fundus" (paper: normal training images) or "texture" (DRAEM's
     # external texture images, e.g. DTD). blend: "selfmix" (Eq. 4) or "paste" (hard paste, W = 1).
     # mask: "perlin" (P from thresholded Perlin noise) or "crop" (P = the whole crop).
@@ -80,8 +86,13 @@ class GeneratorConfig:
     placement_tries: int = 16
     perlin: PerlinConfig = field(default_factory=PerlinConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # The lesion's colour relative to the retina it lies on (anomalygen.tone); mode "source" is
+    # the paper's (C_s's own colours).
+    tone: ToneConfig = field(default_factory=lambda: ToneConfig(mode="source"))
 
     def __post_init__(self) -> None:
+        if isinstance(self.alpha_range, list):
+            object.__setattr__(self, "alpha_range", tuple(self.alpha_range))
         for name in ("lesions", "crop_size", "aspect"):  # JSON lists -> hashable tuples
             value = getattr(self, name)
             if isinstance(value, list | tuple) and len(value) == 2:
@@ -107,6 +118,12 @@ class GeneratorConfig:
             raise ConfigError(f"generator.aspect: need 0 < low <= high, got {lo}, {hi}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"generator.alpha: must lie in [0, 1], got {self.alpha}")
+        if self.alpha_range is not None:
+            lo, hi = self.alpha_range
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ConfigError(
+                    f"generator.alpha_range: need 0 <= low <= high <= 1, got {lo}, {hi}"
+                )
         for name, allowed in (("source", SOURCES), ("blend", BLENDS), ("mask", MASKS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -121,6 +138,8 @@ class GeneratorConfig:
             raise ConfigError("generator.perlin: expected a PerlinConfig")
         if not isinstance(self.augment, AugmentConfig):
             raise ConfigError("generator.augment: expected an AugmentConfig")
+        if not isinstance(self.tone, ToneConfig):
+            raise ConfigError("generator.tone: expected a ToneConfig")
 
 
 @dataclass(frozen=True, eq=False)
@@ -359,8 +378,16 @@ class AnomalyGenerator:
         # Fuse C_s into C_t (Eq. 4) and record C_m = P in M_G.
         region = (slice(ty + y0, ty + y1), slice(tx + x0, tx + x1))
         C_t = image[region]
+        tone = None
+        if cfg.tone.mode == "shift":
+            tone = draw_tone(rng, cfg.tone)
+            C_s = apply_tone(C_s, C_t, P, tone["delta"], tone["texture"], cfg.tone.channels)
         if cfg.blend == "selfmix":
-            image[region] = self_mix(C_s, C_t, P, distance_weights(P, cfg.alpha))
+            alpha = cfg.alpha
+            if cfg.alpha_range is not None:
+                lo, hi = cfg.alpha_range
+                alpha = lo + (hi - lo) * float(rng.random())
+            image[region] = self_mix(C_s, C_t, P, distance_weights(P, alpha))
         else:
             image[region] = paste(C_s, C_t, P)
         before = int(np.count_nonzero(mask[region]))
@@ -372,6 +399,10 @@ class AnomalyGenerator:
             "ops": ops,
             "area": int(np.count_nonzero(P)),
         }
+        if tone is not None:
+            meta["tone"] = tone
+        if cfg.alpha_range is not None and cfg.blend == "selfmix":
+            meta["alpha"] = alpha
         return meta, added
 
     def _anchored_lesion(

@@ -183,6 +183,12 @@ class PerlinConfig:
     # exceeds 0.5). Noise is redrawn up to this many times; if every draw is empty the last
     # noise is thresholded at half its own maximum (see perlin_mask), so P is never empty.
     max_draws: int = 4
+    # Ours: the share of each half-side over which P_n fades to zero towards the crop border
+    # (see :func:`edge_window`), so that thresholding never cuts a blob along the crop's straight
+    # edge: real lesions have no straight edges, and a network learns such edges instead of the
+    # lesion (issue 9; measured in benchmarks/bench_detect.py). 0 is DRAEM's and the paper's
+    # noise, cut by the crop; 1 fades from the centre.
+    taper: float = 0.0
 
     def __post_init__(self) -> None:
         lo, hi = self.scale_exp
@@ -194,6 +200,10 @@ class PerlinConfig:
             raise ConfigError(f"perlin.min_period: must be >= 1 pixel, got {self.min_period}")
         if not isinstance(self.max_draws, int) or self.max_draws < 1:
             raise ConfigError(f"perlin.max_draws: must be >= 1, got {self.max_draws}")
+        if not 0.0 <= self.taper <= 1.0:
+            raise ConfigError(f"perlin.taper: must lie in [0, 1], got {self.taper}")
+        if self.taper > 0 and self.threshold < 0:
+            raise ConfigError("perlin.taper: needs threshold >= 0 (the faded border is 0)")
 
 
 # If every draw is empty, the last noise is thresholded at this fraction of its maximum.
@@ -207,6 +217,21 @@ def _periods(side: int, rng: np.random.Generator, config: PerlinConfig) -> int:
     return min(2**k, cap)
 
 
+def _axis_window(n: int, taper: float) -> np.ndarray:
+    """Weights along one axis of n pixels: 0 on both end pixels, rising with Perlin's fade over
+    ``taper`` of the half-side, 1 in between (float32)."""
+    d = np.minimum(np.arange(n), np.arange(n)[::-1]).astype(np.float32)  # pixels to the edge
+    ramp = np.float32(max(taper * (n - 1) / 2.0, 1.0))
+    return _fade(np.minimum(d / ramp, np.float32(1.0)))
+
+
+def edge_window(shape: tuple[int, int], taper: float) -> np.ndarray:
+    """(H, W) float32 weights for P_n: the product of one :func:`_axis_window` per axis. Zero on
+    the crop's border, so P = P_n * window > threshold (>= 0) never touches the border of a crop
+    at least 3 px wide. Only +, *, / and min: the same bits everywhere."""
+    return _axis_window(int(shape[0]), taper)[:, None] * _axis_window(int(shape[1]), taper)[None, :]
+
+
 def perlin_mask(
     shape: tuple[int, int], rng: np.random.Generator, config: PerlinConfig = PerlinConfig()
 ) -> np.ndarray:
@@ -217,8 +242,12 @@ def perlin_mask(
     P_n > threshold. After ``config.max_draws`` empty draws the last
     P_n is thresholded at half its maximum (or at its maximum if that is not positive), which
     always keeps at least the peak pixel: a deterministic fallback, no extra randomness.
+
+    With ``config.taper`` > 0, P_n is multiplied by :func:`edge_window` first, so no blob is cut
+    by the crop border (crops narrower than 3 px along an axis necessarily touch it).
     """
     h, w = int(shape[0]), int(shape[1])
+    window = edge_window((h, w), config.taper) if config.taper > 0 else None
     noise = None
     for _ in range(config.max_draws):
         res = (_periods(h, rng, config), _periods(w, rng, config))
@@ -228,10 +257,14 @@ def perlin_mask(
         if config.rotate and res[0] * w != res[1] * h:
             rotation = int(rng.random() * len(ROTATIONS))
         noise = perlin_noise((h, w), res, rng, rotation=rotation)
+        if window is not None:
+            noise *= window
         mask = noise > config.threshold
         if mask.any():
             return mask.view(np.uint8)
     assert noise is not None
+    if window is not None and min(h, w) >= 3:
+        noise[window == 0] = -np.inf  # the fallback, too, stays off the border
     peak = float(noise.max())
     cut = peak * _FALLBACK_RATIO if peak > 0 else peak
     return (noise >= cut).view(np.uint8)
