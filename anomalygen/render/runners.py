@@ -170,8 +170,9 @@ def _start_worker(loc: StoreLocation, cache_bytes: int, parent: int) -> None:
     limit_opencv_threads(1)
     limit_zarr_threads(1)
     _STATE = WorkerState(loc, cache_bytes, guard=ParentAlive(parent))
-    import anomalygen.fundus
-    import anomalygen.generator  # noqa: F401  (imported now, while phase 1 starts up)
+    # Imported now, while phase 1 starts up.
+    import anomalygen.fundus  # noqa: F401
+    import anomalygen.generator  # noqa: F401
 
 
 def _run_here(task: Task) -> TaskReport:
