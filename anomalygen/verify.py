@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from anomalygen import store as st
 from anomalygen.errors import StoreError, one_line
 from anomalygen.progress import Progress
+from anomalygen.render.cache import PoolCache
+from anomalygen.store import format as fmt
+from anomalygen.store.reader import NormalsView, SampleStore, open_store
 
 __all__ = ["VerifyReport", "verify_store"]
 
@@ -82,9 +84,9 @@ def verify_store(
 ) -> VerifyReport:
     """Check the store at ``url``; see the module docstring. Raises :class:`StoreError` only if
     the store cannot be opened at all (missing, not an anomalygen store, unknown version)."""
-    store = st.open_store(url, storage_options)
+    store = open_store(url, storage_options)
     report = VerifyReport(url=store.url, full=full)
-    arrays = store._open()
+    arrays = store.arrays()
     shard_size = store.shard_size
 
     _check_layout(store, arrays, report)
@@ -101,7 +103,7 @@ def verify_store(
     meta = _check_meta(store, arrays, report, pools_ok)
 
     rng = np.random.default_rng(seed)
-    normals = _Targets(store.normals, st.PoolCache(VERIFY_CACHE_BYTES)) if pools_ok else None
+    normals = _Targets(store.normals, PoolCache(VERIFY_CACHE_BYTES)) if pools_ok else None
     shards = sorted(complete)
     extra: dict[int, list[int]] = {}
     if not full and shards and samples > 0:
@@ -135,29 +137,29 @@ def verify_store(
 class _Targets:
     """The normals that samples are checked against, read through a small cache."""
 
-    view: st.NormalsView
-    cache: st.PoolCache
+    view: NormalsView
+    cache: PoolCache
 
 
-def _check_layout(store: st.SampleStore, arrays: Any, report: VerifyReport) -> None:
+def _check_layout(store: SampleStore, arrays: Any, report: VerifyReport) -> None:
     n, size = len(store), store.size
     k = min(store.shard_size, max(n, 1))  # create_store clips shards to a short array
     pools = store.attrs.get("pools", {})
     expected: dict[str, tuple[tuple, str, tuple, tuple | None]] = {
-        st.IMAGE: ((n, size, size, 3), "uint8", (1, size, size, 3), (k, size, size, 3)),
-        st.MASK: ((n, size, size), "uint8", (1, size, size), (k, size, size)),
-        st.TARGET: ((n,), "int32", (k,), None),
-        st.SOURCE: ((n,), "int32", (k,), None),
-        st.AREA: ((n,), "int32", (k,), None),
-        st.LESIONS: ((n,), "uint16", (k,), None),
-        st.META: ((n,), None, (k,), None),
-        st.DONE: ((store.n_shards,), "uint8", (1,), None),
+        fmt.IMAGE: ((n, size, size, 3), "uint8", (1, size, size, 3), (k, size, size, 3)),
+        fmt.MASK: ((n, size, size), "uint8", (1, size, size), (k, size, size)),
+        fmt.TARGET: ((n,), "int32", (k,), None),
+        fmt.SOURCE: ((n,), "int32", (k,), None),
+        fmt.AREA: ((n,), "int32", (k,), None),
+        fmt.LESIONS: ((n,), "uint16", (k,), None),
+        fmt.META: ((n,), None, (k,), None),
+        fmt.DONE: ((store.n_shards,), "uint8", (1,), None),
     }
-    ps = int(store.attrs.get("pool_shard_size", st.POOL_SHARD_SIZE))
+    ps = int(store.attrs.get("pool_shard_size", fmt.POOL_SHARD_SIZE))
     for pool, count in pools.items():
         c = min(ps, max(count, 1))
         expected[pool] = ((count, size, size, 3), "uint8", (1, size, size, 3), (c, size, size, 3))
-        if pool == st.NORMALS:
+        if pool == fmt.NORMALS:
             expected[f"{pool}_fov"] = (
                 (count, size, size),
                 "uint8",
@@ -166,7 +168,7 @@ def _check_layout(store: st.SampleStore, arrays: Any, report: VerifyReport) -> N
             )
         expected[f"{pool}_info"] = ((count,), None, (c,), None)
         expected[f"{pool}_done"] = ((-(-count // ps),), "uint8", (1,), None)
-    if st.NORMALS not in pools:
+    if fmt.NORMALS not in pools:
         report.problem("layout", "attributes: no 'normals' pool listed")
     for name, (shape, dtype, chunks, shards) in expected.items():
         try:
@@ -184,8 +186,8 @@ def _check_layout(store: st.SampleStore, arrays: Any, report: VerifyReport) -> N
             report.problem("layout", f"array {name!r}: shards {arr.shards}, expected {shards}")
 
 
-def _check_flags(store: st.SampleStore, arrays: Any, report: VerifyReport) -> list[int]:
-    done = arrays[st.DONE][:]
+def _check_flags(store: SampleStore, arrays: Any, report: VerifyReport) -> list[int]:
+    done = arrays[fmt.DONE][:]
     complete = [int(s) for s in np.flatnonzero(done == 1)]
     odd = np.flatnonzero((done != 0) & (done != 1))
     if len(odd):
@@ -208,23 +210,23 @@ def _check_flags(store: st.SampleStore, arrays: Any, report: VerifyReport) -> li
     return complete
 
 
-def _check_objects(store: st.SampleStore, report: VerifyReport, complete: set[int]) -> None:
+def _check_objects(store: SampleStore, report: VerifyReport, complete: set[int]) -> None:
     """Every complete shard must have its objects: zarr reads a missing one as zeros."""
-    for name in (st.IMAGE, st.MASK):
+    for name in (fmt.IMAGE, fmt.MASK):
         present = store.loc.list_keys(f"{name}/c/")
         for s in sorted(complete):
-            key = st.shard_key(name, s, ndim=4 if name == st.IMAGE else 3)
+            key = fmt.shard_key(name, s, ndim=4 if name == fmt.IMAGE else 3)
             if key not in present:
                 report.problem("objects", f"shard {s}: object {key} is missing")
-    for name in (st.TARGET, st.SOURCE, st.AREA, st.LESIONS, st.META):
+    for name in (fmt.TARGET, fmt.SOURCE, fmt.AREA, fmt.LESIONS, fmt.META):
         present = store.loc.list_keys(f"{name}/c/")
         for s in sorted(complete):
-            key = st.shard_key(name, s, ndim=1)
+            key = fmt.shard_key(name, s, ndim=1)
             if key not in present:
                 report.problem("objects", f"shard {s}: object {key} is missing")
 
 
-def _check_partial_files(store: st.SampleStore, report: VerifyReport) -> None:
+def _check_partial_files(store: SampleStore, report: VerifyReport) -> None:
     leftovers = [k for k in store.loc.list_keys("") if k.endswith(".partial")]
     if leftovers:
         report.warnings.append(
@@ -233,7 +235,7 @@ def _check_partial_files(store: st.SampleStore, report: VerifyReport) -> None:
         )
 
 
-def _check_pools(store: st.SampleStore, arrays: Any, report: VerifyReport) -> bool:
+def _check_pools(store: SampleStore, arrays: Any, report: VerifyReport) -> bool:
     ok = True
     for pool, count in store.attrs.get("pools", {}).items():
         try:
@@ -258,12 +260,12 @@ def _check_pools(store: st.SampleStore, arrays: Any, report: VerifyReport) -> bo
 
 
 def _check_pool_data(
-    store: st.SampleStore, arrays: Any, report: VerifyReport, full: bool, seed: int
+    store: SampleStore, arrays: Any, report: VerifyReport, full: bool, seed: int
 ) -> bool:
     """Read pool shards (one slot each, or all with ``full``): readable, FOV binary, image
     black outside the FOV."""
     rng = np.random.default_rng(seed + 1)
-    ps = int(store.attrs.get("pool_shard_size", st.POOL_SHARD_SIZE))
+    ps = int(store.attrs.get("pool_shard_size", fmt.POOL_SHARD_SIZE))
     ok = True
     for pool, count in store.attrs.get("pools", {}).items():
         usable = set(store.pool_slots(pool).tolist())
@@ -273,7 +275,7 @@ def _check_pool_data(
             slots = [j for j in range(lo, hi) if j in usable]
             if not slots:
                 continue
-            key = st.shard_key(pool, k, ndim=4)
+            key = fmt.shard_key(pool, k, ndim=4)
             if key not in present:
                 report.problem("objects", f"{pool} shard {k}: object {key} is missing")
                 ok = False
@@ -283,7 +285,7 @@ def _check_pool_data(
             for j in slots:
                 try:
                     image = arrays[pool][j]
-                    fov = arrays[f"{pool}_fov"][j] if pool == st.NORMALS else None
+                    fov = arrays[f"{pool}_fov"][j] if pool == fmt.NORMALS else None
                 except Exception as err:
                     report.problem("unreadable", f"{pool} slot {j}: unreadable ({one_line(err)})")
                     ok = False
@@ -298,22 +300,22 @@ def _check_pool_data(
 
 
 def _check_meta(
-    store: st.SampleStore, arrays: Any, report: VerifyReport, pools_ok: bool
+    store: SampleStore, arrays: Any, report: VerifyReport, pools_ok: bool
 ) -> dict[str, Any]:
     """Read the per-sample metadata of all samples and check it is consistent."""
     out: dict[str, Any] = {}
     try:
-        for name in (st.TARGET, st.SOURCE, st.AREA, st.LESIONS):
+        for name in (fmt.TARGET, fmt.SOURCE, fmt.AREA, fmt.LESIONS):
             out[name] = arrays[name][:]
-        metas = arrays[st.META][:]
+        metas = arrays[fmt.META][:]
     except Exception as err:
         report.problem("meta", f"per-sample metadata unreadable ({one_line(err)})")
         return {}
-    done = arrays[st.DONE][:]
+    done = arrays[fmt.DONE][:]
     n_normals = len(store.normals) if pools_ok else None
     n_sources = None
     if pools_ok:
-        n_sources = len(store.textures) if store.source_pool == st.TEXTURES else n_normals
+        n_sources = len(store.textures) if store.source_pool == fmt.TEXTURES else n_normals
     size = store.size
     # Only the "normal" flag is needed later; keeping every parsed dict would cost ~1 GB at
     # 200,000 samples.
@@ -327,7 +329,7 @@ def _check_meta(
                 report.problem("meta", f"{where}: meta is not valid JSON")
                 continue
             normal[i] = bool(meta.get("normal"))
-            t, src = int(out[st.TARGET][i]), int(out[st.SOURCE][i])
+            t, src = int(out[fmt.TARGET][i]), int(out[fmt.SOURCE][i])
             if n_normals is not None and not 0 <= t < n_normals:
                 report.problem("meta", f"{where}: target {t} out of range (0..{n_normals - 1})")
             if n_sources is not None and not 0 <= src < n_sources:
@@ -336,16 +338,15 @@ def _check_meta(
             if not isinstance(lesions, list):
                 report.problem("meta", f"{where}: meta has no lesion list")
                 continue
-            if int(out[st.LESIONS][i]) != len(lesions):
+            if int(out[fmt.LESIONS][i]) != len(lesions):
                 report.problem(
                     "meta",
-                    f"{where}: lesions array says {int(out[st.LESIONS][i])}, meta lists "
+                    f"{where}: lesions array says {int(out[fmt.LESIONS][i])}, meta lists "
                     f"{len(lesions)}",
                 )
-            if int(out[st.AREA][i]) != meta.get("area"):
-                report.problem(
-                    "meta", f"{where}: area array {int(out[st.AREA][i])} != meta {meta.get('area')}"
-                )
+            if int(out[fmt.AREA][i]) != meta.get("area"):
+                area = int(out[fmt.AREA][i])
+                report.problem("meta", f"{where}: area array {area} != meta {meta.get('area')}")
             if bool(meta.get("normal")) != (len(lesions) == 0):
                 report.problem("meta", f"{where}: 'normal' disagrees with the lesion list")
             for lesion in lesions:
@@ -355,7 +356,8 @@ def _check_meta(
                         report.problem("meta", f"{where}: lesion {key} missing or malformed")
                         continue
                     y0, x0, y1, x1 = box
-                    limit = size if key == "target_box" or store.source_pool == st.NORMALS else None
+                    in_target = key == "target_box" or store.source_pool == fmt.NORMALS
+                    limit = size if in_target else None
                     if not (0 <= y0 < y1 and 0 <= x0 < x1) or (
                         limit is not None and (y1 > limit or x1 > limit)
                     ):
@@ -365,7 +367,7 @@ def _check_meta(
 
 
 def _check_shard(
-    store: st.SampleStore,
+    store: SampleStore,
     arrays: Any,
     report: VerifyReport,
     s: int,
@@ -377,11 +379,11 @@ def _check_shard(
     r = store.shard_range(s)
     try:
         if full:
-            images = arrays[st.IMAGE][r.start : r.stop]
-            masks = arrays[st.MASK][r.start : r.stop]
+            images = arrays[fmt.IMAGE][r.start : r.stop]
+            masks = arrays[fmt.MASK][r.start : r.stop]
             pairs = [(i, images[i - r.start], masks[i - r.start]) for i in indices]
         else:
-            pairs = [(i, arrays[st.IMAGE][i], arrays[st.MASK][i]) for i in indices]
+            pairs = [(i, arrays[fmt.IMAGE][i], arrays[fmt.MASK][i]) for i in indices]
     except Exception as err:
         report.problem("unreadable", f"shard {s}: unreadable ({one_line(err)})")
         return
@@ -392,15 +394,15 @@ def _check_shard(
             report.problem("contract", f"{where}: mask has values other than 0 and 1")
             continue
         area = int(np.count_nonzero(mask))
-        if meta and int(meta[st.AREA][i]) != area:
+        if meta and int(meta[fmt.AREA][i]) != area:
             report.problem(
-                "contract", f"{where}: mask has {area} pixels, metadata says {meta[st.AREA][i]}"
+                "contract", f"{where}: mask has {area} pixels, metadata says {meta[fmt.AREA][i]}"
             )
         if meta and meta["normal"][i] and area:
             report.problem("contract", f"{where}: a normal sample with a non-empty mask")
         if normals is None or not meta:
             continue
-        t = int(meta[st.TARGET][i])
+        t = int(meta[fmt.TARGET][i])
         if not 0 <= t < len(normals.view):
             continue  # reported with the metadata
         try:

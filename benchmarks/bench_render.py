@@ -86,9 +86,9 @@ def _case_floor(args: dict) -> dict:
     import zarr
 
     from anomalygen import store as st
-    from anomalygen.render import _limit_zarr_threads
+    from anomalygen.render.threads import limit_zarr_threads
 
-    _limit_zarr_threads(1)  # as in a render worker: one codec thread
+    limit_zarr_threads(1)  # as in a render worker: one codec thread
     source = st.open_store(args["src_store"])
     codec = args.get("codec") or source.attrs["codec"]
     shard_size = args.get("shard_size") or source.shard_size
@@ -99,7 +99,7 @@ def _case_floor(args: dict) -> dict:
     attrs = {**source.attrs, "codec": codec, "shard_size": shard_size}
     st.create_store(loc, attrs, n=n, size=source.size, shard_size=shard_size, codec=codec, pools={})
     writer = st.StoreWriter(loc)
-    group = source._open()
+    group = source.arrays()
     seconds = cpu = 0.0
     for s in range(-(-n // shard_size)):
         lo, hi = s * shard_size, min((s + 1) * shard_size, n)

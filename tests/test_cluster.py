@@ -1,4 +1,4 @@
-"""Rendering on Dask (anomalygen.cluster): byte-identity with a local render, resume after the
+"""Rendering on Dask (anomalygen.render.dask): byte-identity with a local render, resume after the
 cluster goes away, retried shards, and one-line failures for a misconfigured cluster."""
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import pytest
 from anomalygen import store as st
 from anomalygen.errors import ConfigError, StoreError
 from anomalygen.render import render
+from anomalygen.render.tasks import RenderShard, SampleSpec
 from anomalygen.verify import verify_store
 from tests.synthetic import run_cli, write_sources
 
 distributed = pytest.importorskip(
     "distributed", reason="Dask distributed is not installed (pip install -e '.[dev]')"
 )
-cluster_mod = pytest.importorskip("anomalygen.cluster")
+dask_mod = pytest.importorskip("anomalygen.render.dask")
 
 N, SIZE, SHARD = 32, 64, 4
 
@@ -35,11 +36,7 @@ PER_RENDER_ATTRS = ("created", "completed", "store_id")
 def store_objects(loc: st.StoreLocation) -> dict[str, bytes]:
     """Every object of a store, by key, except the group's zarr.json (compared apart)."""
     keys = sorted(k for k in loc.list_keys("") if k != "zarr.json")
-    path = loc.local_path
-    if path is not None:
-        return {k: (path / k).read_bytes() for k in keys}
-    fs, root = loc.fs()
-    return {k: fs.cat_file(f"{root.rstrip('/')}/{k}") for k in keys}
+    return {k: loc.read(k) for k in keys}
 
 
 def assert_same_objects(a: st.StoreLocation, b: st.StoreLocation) -> None:
@@ -206,21 +203,20 @@ def test_a_shard_run_twice_writes_the_same_bytes(sources, reference, tmp_path, m
     import cv2
 
     # Run the task function here, without the one-time set-up meant for a worker process.
-    monkeypatch.setattr(cluster_mod, "_STATE", {"set_up": True, "renders": {}})
+    monkeypatch.setattr(dask_mod, "WORKER_PROCESS", dask_mod.WorkerProcess(set_up=True))
     threads = cv2.getNumThreads()
     out = tmp_path / "twice.zarr"
     _render(out, sources)
     store_id = st.read_attrs(st.location(str(out)))["store_id"]
-    options = cluster_mod.StorageOptions(None)
+    options = dask_mod.StorageOptions(None)
+    task = RenderShard(3, SampleSpec.of(st.open_store(out).spec))
     key = st.shard_key("image", 3, ndim=4)
     before = (out / key).read_bytes()
     try:
         for token in ("first", "second"):  # another token: fresh state, as on another worker
-            report = cluster_mod.run_task(
-                token, str(out), options, 1 << 24, store_id, "render_shard", (3,)
-            )
-            assert report["shard"] == 3 and report["samples"] == SHARD
-            cluster_mod._forget(token)
+            report = dask_mod.run_dask_task(token, str(out), options, 1 << 24, store_id, task)
+            assert report.samples == SHARD and report.cpu_seconds > 0
+            dask_mod.forget(token)
     finally:
         cv2.setNumThreads(threads)
     assert (out / key).read_bytes() == before
@@ -232,22 +228,22 @@ def test_a_task_of_an_abandoned_render_does_not_write(sources, tmp_path, monkeyp
     been started over (--overwrite) since: it checks the store's id first."""
     import cv2
 
-    monkeypatch.setattr(cluster_mod, "_STATE", {"set_up": True, "renders": {}})
+    monkeypatch.setattr(dask_mod, "WORKER_PROCESS", dask_mod.WorkerProcess(set_up=True))
     threads = cv2.getNumThreads()
     out = tmp_path / "over.zarr"
     _render(out, sources, seed=1)
     old_id = st.read_attrs(st.location(str(out)))["store_id"]
+    task = RenderShard(3, SampleSpec.of(st.open_store(out).spec))
     _render(out, sources, seed=2, overwrite=True)
     key = st.shard_key("image", 3, ndim=4)
     before = (out / key).read_bytes()
     try:
         with pytest.raises(StoreError, match="started over by another render"):
-            cluster_mod.run_task(
-                "stale", str(out), cluster_mod.StorageOptions(None), 1 << 24, old_id,
-                "render_shard", (3,),
-            )  # fmt: skip
+            dask_mod.run_dask_task(
+                "stale", str(out), dask_mod.StorageOptions(None), 1 << 24, old_id, task
+            )
     finally:
-        cluster_mod._forget("stale")
+        dask_mod.forget("stale")
         cv2.setNumThreads(threads)
     assert (out / key).read_bytes() == before
 
@@ -256,8 +252,8 @@ def test_a_cluster_left_without_workers_fails_instead_of_waiting(
     sources, tmp_path, monkeypatch
 ) -> None:
     """Every worker gone but the scheduler up: tasks would wait forever; the render stops."""
-    monkeypatch.setattr(cluster_mod, "WATCH_INTERVAL_S", 0.2)
-    monkeypatch.setattr(cluster_mod, "WORKERS_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(dask_mod, "WATCH_INTERVAL_S", 0.2)
+    monkeypatch.setattr(dask_mod, "WORKERS_TIMEOUT_S", 2.0)
     out = tmp_path / "orphan.zarr"
     with local_cluster(1) as lonely:
 
@@ -283,7 +279,7 @@ def test_a_cluster_left_without_workers_fails_instead_of_waiting(
 
 
 def test_a_dead_scheduler_fails_fast_in_one_line(sources, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(cluster_mod, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(dask_mod, "CONNECT_TIMEOUT_S", 1.0)
     address = f"tcp://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     with pytest.raises(
@@ -327,12 +323,12 @@ def test_workers_without_anomalygen_fail_fast(sources, tmp_path) -> None:
 
 def test_worker_access_check(reference, tmp_path) -> None:
     """What a worker reports when it cannot reach the store or the source photographs."""
-    none = cluster_mod.StorageOptions(None)
-    missing = cluster_mod._check_access(str(tmp_path / "nowhere.zarr"), none, None)
+    none = dask_mod.StorageOptions(None)
+    missing = dask_mod.check_access(str(tmp_path / "nowhere.zarr"), none, None)
     assert missing is not None and "every worker reaches" in missing
-    no_src = cluster_mod._check_access(reference.url, none, str(tmp_path / "gone.png"))
+    no_src = dask_mod.check_access(reference.url, none, str(tmp_path / "gone.png"))
     assert no_src is not None and "--src must be on a filesystem" in no_src
-    assert cluster_mod._check_access(reference.url, none, None) is None
+    assert dask_mod.check_access(reference.url, none, None) is None
 
 
 def test_workers_with_another_version_are_refused(cluster, sources, tmp_path, monkeypatch):
@@ -362,7 +358,7 @@ def test_bad_scheduler_options(sources, tmp_path, scheduler, out, message) -> No
 def test_cli_scheduler_errors_are_one_line(sources, tmp_path, monkeypatch, capsys) -> None:
     from cli.anomalygen_cli import main
 
-    monkeypatch.setattr(cluster_mod, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(dask_mod, "CONNECT_TIMEOUT_S", 1.0)
     args = ["render", "--src", sources, "--n", 4, "--size", SIZE, "--out", tmp_path / "c.zarr"]
     code, _, err = run_cli(
         main, "anomalygen", monkeypatch, capsys, *args, "--scheduler", "tcp://127.0.0.1:1"

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from tests.synthetic import make_fundus, run_cli
-from tests.test_evaluate import _lesioned
+from tests.test_evaluate import lesioned
 
 TINY_NETWORK = ["--rec-width", "4", "--rec-depth", "3", "--loc-width", "4", "--loc-depth", "3"]
 
@@ -36,7 +36,7 @@ def _eval_layout(root: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(make_fundus(96, 40 + k)).save(path)
     for k in range(3):
-        rgb, mask = _lesioned(k)
+        rgb, mask = lesioned(k)
         for folder, arr in (("abnormal", rgb), ("masks", mask)):
             (root / folder).mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr).save(root / folder / f"a{k}.png")

@@ -63,7 +63,7 @@ def _save(path: Path, rgb: np.ndarray) -> None:
     Image.fromarray(rgb).save(path)
 
 
-def _lesioned(seed: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+def lesioned(seed: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic fundus with a blue square lesion, and its mask (0/255)."""
     rgb = make_fundus(size, seed)
     mask = np.zeros((size, size), np.uint8)
@@ -79,7 +79,7 @@ def folder_layout(tmp_path: Path) -> Path:
     root = tmp_path / "set"
     for k in range(3):
         _save(root / "normal" / f"n{k}.png", make_fundus(96 + 8 * k, 10 + k))
-        rgb, mask = _lesioned(k)
+        rgb, mask = lesioned(k)
         _save(root / "abnormal" / f"a{k}.png", rgb)
         _save(root / "masks" / f"a{k}.png", mask)
     (root / "abnormal" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
@@ -173,7 +173,7 @@ def test_eyeq_table1_and_heatmap_overlays(tmp_path: Path) -> None:
     rows = [("0_left.jpeg", 0, 0), ("0_right.jpeg", 0, 0), ("1_left.jpeg", 0, 2),
             ("1_right.jpeg", 0, 4), ("2_left.jpeg", 1, 1), ("3_left.jpeg", 0, 2)]  # fmt: skip
     for k, (name, _, grade) in enumerate(rows):
-        rgb = _lesioned(k)[0] if grade else make_fundus(96, 20 + k)
+        rgb = lesioned(k)[0] if grade else make_fundus(96, 20 + k)
         _save(folder / name, rgb)
     lines = ["image,quality,DR_grade"] + [f"{n},{q},{g}" for n, q, g in rows]
     (folder / "Label_EyeQ_test.csv").write_text("\n".join(lines) + "\n")
@@ -197,7 +197,7 @@ def test_eyeq_table1_and_heatmap_overlays(tmp_path: Path) -> None:
 def test_undefined_metrics_are_reported_not_raised(tmp_path: Path) -> None:
     root = tmp_path / "set"
     for k in range(2):
-        _save(root / "abnormal" / f"a{k}.png", _lesioned(k)[0])
+        _save(root / "abnormal" / f"a{k}.png", lesioned(k)[0])
     out = tmp_path / "out"
     result = evaluate(TinyDetector(), folder_items(root), out, progress=False)
     assert result.image_level is None and "no normal" in result.image_level_note

@@ -17,7 +17,7 @@ from resynth_models.evaluate import anomaly_maps
 from resynth_models.metrics import image_score
 from resynth_models.predict import find_inputs, predict
 from tests.synthetic import make_fundus
-from tests.test_evaluate import BlueOracle, TinyDetector, _lesioned
+from tests.test_evaluate import BlueOracle, TinyDetector, lesioned
 
 
 def _save(path: Path, rgb: np.ndarray) -> None:
@@ -32,7 +32,7 @@ def photos(tmp_path: Path) -> Path:
     root = tmp_path / "photos"
     _save(root / "a.png", make_fundus(80, 1))
     _save(root / "sub" / "b.jpg", make_fundus(96, 2, width_ratio=1.2))
-    _save(root / "sub" / "c.png", _lesioned(0)[0])
+    _save(root / "sub" / "c.png", lesioned(0)[0])
     (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (root / "notes.txt").write_text("not an image")
     return root

@@ -1,11 +1,11 @@
 """Rendering on a Dask cluster: ``anomalygen render --scheduler tcp://HOST:8786`` (or ``local``).
 
-The render's coordinator (:mod:`anomalygen.render`) is the same whatever runs its tasks; this
-module gives it a :class:`DaskRunner` in place of the local process pool. The unit of work stays
-the shard: one Dask task prepares one pool shard (phase 1) or renders one sample shard (phase 2)
-and writes it once, then returns a small report. So:
+The render's coordinator is the same whatever runs its tasks; this module gives it a
+:class:`DaskRunner` in place of the local process pool (the same ``Runner`` contract). The unit
+of work stays the shard: one Dask task prepares one pool shard (phase 1) or renders one sample
+shard (phase 2) and writes it once, then returns a small report. So:
 
-- *Determinism*: a task runs the same ``_Worker`` code as a local worker; sample ``i`` depends on
+- *Determinism*: a task runs the same :func:`run_task` as a local worker; sample ``i`` depends on
   ``(seed, i)`` alone, so the store is byte-identical to a local render.
 - *Retries are harmless*: Dask reruns a task whose worker died (and, with ``RETRIES``, one that
   raised, e.g. for a transient object-store error). A rerun writes the same bytes, and every
@@ -37,10 +37,25 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from anomalygen import store as st
 from anomalygen.errors import AnomalygenError, ConfigError, StoreError, one_line
+from anomalygen.render.runners import TaskFailed
+from anomalygen.render.tasks import Task, TaskReport, WorkerState, no_guard, run_task
+from anomalygen.render.threads import limit_opencv_threads, limit_zarr_threads
+from anomalygen.store.access import access_hint
+from anomalygen.store.format import GROUP_METADATA
+from anomalygen.store.location import StoreLocation
+from anomalygen.store.reader import read_attrs
 
-__all__ = ["DaskRunner", "StorageOptions", "check_scheduler"]
+__all__ = [
+    "DaskRunner",
+    "StorageOptions",
+    "StoreUnchanged",
+    "WorkerProcess",
+    "check_access",
+    "check_scheduler",
+    "forget",
+    "run_dask_task",
+]
 
 #: Seconds to wait for the scheduler to answer. Our choice: a live scheduler answers in
 #: milliseconds; a dead address should fail while the user is still watching.
@@ -92,20 +107,19 @@ class StorageOptions:
 
 
 class DaskRunner:
-    """Runs ``_Worker`` methods (``prepare_pool_shard``, ``render_shard``) as Dask tasks.
+    """Runs a render's tasks (:mod:`anomalygen.render.tasks`) as Dask tasks.
 
     ``scheduler`` is ``"local"`` (a ``LocalCluster`` of ``workers`` single-threaded processes,
     closed with the runner) or the address of a running scheduler (``workers`` is then ignored:
     the cluster has what it has). ``probe_path`` is a source file every worker must be able to
     read (None when phase 1 has nothing left to do); ``store_id`` is the store's attribute of
-    that name, which tasks check before they write. Same interface as the local runner:
-    :meth:`run`, :meth:`abort`, :meth:`close`.
+    that name, which tasks check before they write. A :class:`Runner`.
     """
 
     def __init__(
         self,
         scheduler: str,
-        loc: st.StoreLocation,
+        loc: StoreLocation,
         cache_bytes: int,
         *,
         workers: int,
@@ -122,7 +136,7 @@ class DaskRunner:
         self._cluster: Any = None
         self._futures: list[Any] = []
         self._no_workers_since: float | None = None
-        self.address = scheduler
+        self.cluster = scheduler
         self._restore_logs = _quiet_dask_logs()
         try:
             self.client = self._connect(scheduler, workers)
@@ -159,7 +173,7 @@ class DaskRunner:
                     dashboard_address=":0",  # any free port: never clash with a running cluster
                     silence_logs=logging.CRITICAL,  # the render reports problems in one line
                 )
-            self.address = self._cluster.scheduler_address
+            self.cluster = self._cluster.scheduler_address
             return Client(self._cluster, set_as_default=False)
         try:
             return Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
@@ -178,8 +192,8 @@ class DaskRunner:
             self.client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
         except (TimeoutError, OSError):
             raise ConfigError(
-                f"--scheduler: the Dask cluster at {self.address} has no workers "
-                f"(waited {WORKERS_TIMEOUT_S:.0f} s); start some (dask worker {self.address})"
+                f"--scheduler: the Dask cluster at {self.cluster} has no workers "
+                f"(waited {WORKERS_TIMEOUT_S:.0f} s); start some (dask worker {self.cluster})"
             ) from None
         # Sent by value (a closure), so that it runs on a worker that lacks anomalygen.
         versions = self.client.run(_make_import_probe())
@@ -199,7 +213,7 @@ class DaskRunner:
                 f"{__version__}; samples could differ between versions: install {__version__} "
                 "on every worker"
             )
-        problems = self.client.run(_check_access_async, self.loc.url, self._options, probe_path)
+        problems = self.client.run(check_access_async, self.loc.url, self._options, probe_path)
         for worker, problem in problems.items():
             if problem:
                 raise StoreError(f"Dask worker {worker}: {problem}")
@@ -207,58 +221,56 @@ class DaskRunner:
         return max(1, sum(int(w.get("nthreads", 1)) for w in info.values()))
 
     # --- running tasks --------------------------------------------------------------------
-    def run(self, method: str, tasks: Sequence[tuple]) -> Iterator[dict[str, Any]]:
-        """Submit every task and yield each result as its task completes on the cluster."""
-        from distributed import KilledWorker
-        from distributed.client import FutureCancelledError
-
-        from anomalygen.render import _task_name, _TaskFailed
-
+    def run(self, tasks: Sequence[Task]) -> Iterator[TaskReport]:
+        """Submit every task and yield each report as its task completes on the cluster."""
         done: queue.Queue = queue.Queue()  # futures, as they finish (Dask's callback thread)
-        args_of: dict[str, tuple] = {}
+        task_of: dict[str, Task] = {}
         self._futures = []
-        for args in tasks:
+        for task in tasks:
             fut = self.client.submit(
-                run_task,
+                run_dask_task,
                 self.token,
                 self.loc.url,
                 self._options,
                 self.cache_bytes,
                 self.store_id,
-                method,
-                args,
-                key=f"anomalygen-{method}-{'-'.join(str(a) for a in args[:2])}-{self.token}",
+                task,
+                key=f"anomalygen-{task.key}-{self.token}",
                 pure=False,
                 retries=RETRIES,
             )
-            args_of[fut.key] = args
+            task_of[fut.key] = task
             self._futures.append(fut)
             fut.add_done_callback(done.put)
         self._no_workers_since = None
-        for _ in range(len(args_of)):
+        for _ in range(len(task_of)):
             fut = self._next_done(done)
-            args = args_of[fut.key]
-            try:
-                result = self._result(fut)
-            except (AnomalygenError, KeyboardInterrupt):
-                raise
-            except FutureCancelledError:
-                raise _TaskFailed(
-                    _task_name(method, args),
-                    f"the Dask cluster at {self.address} went away (scheduler or workers "
-                    "shut down)",
-                ) from None
-            except KilledWorker:
-                raise _TaskFailed(
-                    _task_name(method, args),
-                    "Dask workers died running it several times (out of memory? raise the "
-                    "workers' memory limit or lower --cache-mb / --shard-size)",
-                ) from None
-            except Exception as err:
-                raise _TaskFailed(_task_name(method, args), one_line(err)) from err
+            report = self._report(fut, task_of[fut.key])
             fut.release()
-            yield result
+            yield report
         self._futures = []
+
+    def _report(self, fut: Any, task: Task) -> TaskReport:
+        from distributed import KilledWorker
+        from distributed.client import FutureCancelledError
+
+        try:
+            return self._result(fut)
+        except (AnomalygenError, KeyboardInterrupt):
+            raise
+        except FutureCancelledError:
+            raise TaskFailed(
+                task.describe(),
+                f"the Dask cluster at {self.cluster} went away (scheduler or workers shut down)",
+            ) from None
+        except KilledWorker:
+            raise TaskFailed(
+                task.describe(),
+                "Dask workers died running it several times (out of memory? raise the "
+                "workers' memory limit or lower --cache-mb / --shard-size)",
+            ) from None
+        except Exception as err:
+            raise TaskFailed(task.describe(), one_line(err)) from err
 
     def _next_done(self, done: queue.Queue) -> Any:
         """The next finished future, watching the cluster meanwhile (``_watch_workers``)."""
@@ -282,8 +294,6 @@ class DaskRunner:
     def _watch_workers(self) -> None:
         """Raise once the cluster has had no workers for ``WORKERS_TIMEOUT_S``: its tasks
         would wait forever (Dask keeps them for workers that may come)."""
-        from anomalygen.render import _TaskFailed
-
         try:
             workers = self.client.scheduler_info(n_workers=-1)["workers"]
         except Exception:  # the scheduler is gone: Dask cancels our futures, we see those
@@ -294,9 +304,9 @@ class DaskRunner:
         elif self._no_workers_since is None:
             self._no_workers_since = now
         elif now - self._no_workers_since >= WORKERS_TIMEOUT_S:
-            raise _TaskFailed(
+            raise TaskFailed(
                 "rendering",
-                f"the Dask cluster at {self.address} has had no workers for "
+                f"the Dask cluster at {self.cluster} has had no workers for "
                 f"{WORKERS_TIMEOUT_S:.0f} s (did they die? out of memory?)",
             )
 
@@ -322,7 +332,7 @@ class DaskRunner:
         self.abort()
         if self.client.status == "running":
             try:
-                self.client.run(_forget, self.token)  # free this render's caches and buffers
+                self.client.run(forget, self.token)  # free this render's caches and buffers
             except Exception:
                 pass
         try:
@@ -386,16 +396,16 @@ def _make_import_probe() -> Any:
     return probe
 
 
-async def _check_access_async(
+async def check_access_async(
     url: str, options: StorageOptions, probe_path: str | None
 ) -> str | None:
-    """``_check_access`` off the worker's event loop (``client.run`` calls it there), with a
+    """:func:`check_access` off the worker's event loop (``client.run`` calls it there), with a
     time limit: a slow or unreachable endpoint must not stall the worker or the command."""
     import asyncio
 
     try:
         return await asyncio.wait_for(
-            asyncio.to_thread(_check_access, url, options, probe_path), ACCESS_TIMEOUT_S
+            asyncio.to_thread(check_access, url, options, probe_path), ACCESS_TIMEOUT_S
         )
     except TimeoutError:
         return (
@@ -404,25 +414,16 @@ async def _check_access_async(
         )
 
 
-def _check_access(url: str, options: StorageOptions, probe_path: str | None) -> str | None:
+def check_access(url: str, options: StorageOptions, probe_path: str | None) -> str | None:
     """On a worker: None if it reads the store and ``probe_path``, else what is wrong."""
-    loc = st.StoreLocation(url, options.options)
+    loc = StoreLocation(url, options.options)
     try:
-        # Read the group's metadata object directly: zarr reports any failure (no credentials,
+        # Read the group's metadata object itself: zarr reports any failure (no credentials,
         # access denied) as "no group here", which would hide the reason.
-        path = loc.local_path
-        if path is not None:
-            found = (path / "zarr.json").is_file()
-        else:
-            fs, root = loc.fs()
-            try:
-                fs.info(f"{root.rstrip('/')}/zarr.json")
-                found = True
-            except FileNotFoundError:
-                found = False
-        attrs = st.read_attrs(loc) if found else None
+        found = loc.read(GROUP_METADATA) is not None
+        attrs = read_attrs(loc) if found else None
     except Exception as err:
-        return f"cannot read the store {url} ({one_line(err)}){st.access_hint(loc, err)}"
+        return f"cannot read the store {url} ({one_line(err)}){access_hint(loc, err)}"
     if attrs is None:
         return (
             f"finds no store at {url}: --out must be storage that every worker reaches "
@@ -440,50 +441,80 @@ def _check_access(url: str, options: StorageOptions, probe_path: str | None) -> 
 # On the workers
 # ------------------------------------------------------------------------------------------
 
-_STATE_LOCK = threading.Lock()
-#: This worker process's state: ``renders[token][thread]`` is a ``_Worker`` (the store opened
-#: for writing, the generator, the cache of pool images) for each render and task thread.
-_STATE: dict[str, Any] = {"set_up": False, "renders": {}}
+
+class WorkerProcess:
+    """This Dask worker process's anomalygen state: whether the process is set up (thread
+    limits, allocator), and ``renders[token][thread]``, a :class:`WorkerState` for each render
+    and task thread (the store opened for writing, the generator, the cache of pool images)."""
+
+    def __init__(self, *, set_up: bool = False) -> None:
+        self.lock = threading.Lock()
+        self.set_up = set_up
+        self.renders: dict[str, dict[int, WorkerState]] = {}
+
+    def state(self, token: str, loc: StoreLocation, cache_bytes: int, guard: Any) -> WorkerState:
+        """This thread's state for render ``token``, made on first use."""
+        thread = threading.get_ident()
+        with self.lock:
+            if not self.set_up:
+                # Each task thread encodes on one core, as a local worker process does.
+                limit_zarr_threads(_nthreads())
+                _undo_malloc_trim()
+                self.set_up = True
+            states = self.renders.setdefault(token, {})
+            state = states.get(thread)
+            if state is None:
+                limit_opencv_threads(1)
+                state = states[thread] = WorkerState(loc, cache_bytes, guard)
+        return state
+
+    def forget(self, token: str) -> None:
+        with self.lock:
+            states = self.renders.pop(token, {})
+        for state in states.values():
+            state.close()
 
 
-def run_task(
+#: The state of this process (on a Dask worker).
+WORKER_PROCESS = WorkerProcess()
+
+
+class StoreUnchanged:
+    """The guard of a Dask task: write only while the store is the one its render saw (a task
+    runs on after its render was abandoned, as Dask cannot stop a running task; the same store
+    may have been started over since with other parameters)."""
+
+    def __init__(self, loc: StoreLocation, store_id: str) -> None:
+        self.loc = loc
+        self.store_id = store_id
+
+    def __call__(self) -> None:
+        found = (read_attrs(self.loc) or {}).get("store_id")
+        if found != self.store_id:
+            raise StoreError(
+                f"{self.loc}: the store was started over by another render since this task "
+                "was submitted; not writing"
+            )
+
+
+def run_dask_task(
     token: str,
     url: str,
     options: StorageOptions,
     cache_bytes: int,
     store_id: str | None,
-    method: str,
-    args: tuple,
-) -> dict[str, Any]:
-    """One Dask task: run ``_Worker.<method>(*args)`` with this render's state for this
-    thread (made on first use; :func:`_forget` drops it when the render ends)."""
-    from anomalygen.render import _Worker
-
-    thread = threading.get_ident()
-    with _STATE_LOCK:
-        if not _STATE["set_up"]:
-            # Each task thread encodes on one core, as a local worker process does.
-            from anomalygen.render import _limit_zarr_threads
-
-            _limit_zarr_threads(_nthreads())
-            _undo_malloc_trim()
-            _STATE["set_up"] = True
-        workers = _STATE["renders"].setdefault(token, {})
-        worker = workers.get(thread)
-        if worker is None:
-            worker = _Worker(
-                url, options.options, cache_bytes, os.getpid(), mode="dask", store_id=store_id
-            )
-            workers[thread] = worker
-    return getattr(worker, method)(*args)
+    task: Task,
+) -> TaskReport:
+    """One Dask task: :func:`run_task` with this render's state for this thread (made on
+    first use; :func:`forget` drops it when the render ends)."""
+    loc = StoreLocation(url, options.options)
+    guard = StoreUnchanged(loc, store_id) if store_id is not None else no_guard
+    return run_task(task, WORKER_PROCESS.state(token, loc, cache_bytes, guard))
 
 
-def _forget(token: str) -> None:
+def forget(token: str) -> None:
     """Drop a finished render's state on this worker (run by ``DaskRunner.close``)."""
-    with _STATE_LOCK:
-        workers = _STATE["renders"].pop(token, {})
-    for worker in workers.values():
-        worker.close()
+    WORKER_PROCESS.forget(token)
 
 
 def _running_tasks(token: str, dask_worker: Any = None) -> int:

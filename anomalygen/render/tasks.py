@@ -1,0 +1,299 @@
+"""The render's units of work, and the state a worker keeps between them.
+
+A task is a small frozen object that says what it is (:meth:`describe`, a :attr:`key` unique
+within a render) and does its work on a worker's :class:`WorkerState`:
+
+- :class:`PreparePoolShard` (phase 1) reads and prepares the files of one pool shard
+  (``prepare_fundus``, paper 4.1; textures are resized), then writes the shard once;
+- :class:`RenderShard` (phase 2) makes every sample of one shard and writes the shard once.
+  Sample ``i`` uses ``sample_rng(seed, i)`` alone: it draws the target and source indices
+  (``draw_pair``), then the generator draws the lesions. So a shard is byte-identical whoever
+  renders it, however often.
+
+Every runner calls :func:`run_task`, which returns a :class:`TaskReport`. Before it writes, a
+task calls the state's ``guard``, with which a runner stops a task whose render has let the store
+go (the coordinator died; the store was started over).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from anomalygen.errors import AnomalygenError
+from anomalygen.render.cache import PoolCache
+from anomalygen.store.format import NORMALS, TEXTURES, RenderSpec
+from anomalygen.store.location import StoreLocation
+from anomalygen.store.reader import SampleStore
+from anomalygen.store.writer import StoreWriter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anomalygen.generator import GeneratorConfig
+
+__all__ = [
+    "PoolFile",
+    "PreparePoolShard",
+    "RenderShard",
+    "SampleSpec",
+    "Task",
+    "TaskReport",
+    "WorkerState",
+    "run_task",
+]
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """What a task did: samples written (phase 2), the pool records written (phase 1: one
+    ``{"name", "bytes", "sha256", "usable", "reason"}`` per file), its CPU time and the peak
+    memory of the process that ran it (bytes)."""
+
+    samples: int = 0
+    infos: tuple[dict[str, Any], ...] = ()
+    cpu_seconds: float = 0.0
+    maxrss: int = 0
+
+
+class Task(Protocol):
+    """One unit of work: runs on a worker, writes one shard of the store once."""
+
+    @property
+    def key(self) -> str:
+        """Unique among a render's tasks (Dask's task keys are made of it)."""
+        ...
+
+    def describe(self) -> str:
+        """What the task does, for error messages: ``"rendering shard 3"``."""
+        ...
+
+    def run(self, state: WorkerState) -> TaskReport: ...
+
+
+def no_guard() -> None:
+    """The guard of a worker whose render cannot be abandoned under it (in the same process)."""
+
+
+class WorkerState:
+    """One worker's state for one render: the store opened for writing, the cache of pool
+    images, and (made by the first :class:`RenderShard`) the generator with its buffers.
+
+    ``guard`` is called before every write; it raises (or ends the process) when the render
+    this worker serves no longer owns the store.
+    """
+
+    def __init__(
+        self, loc: StoreLocation, cache_bytes: int, guard: Callable[[], None] = no_guard
+    ) -> None:
+        self.loc = loc
+        self.writer = StoreWriter(loc)
+        self.cache = PoolCache(cache_bytes)
+        self.guard = guard
+        self._renderer: ShardRenderer | None = None
+
+    def renderer(self, spec: SampleSpec) -> ShardRenderer:
+        """The shard renderer for ``spec``, made on first use (the pools are complete then)."""
+        if self._renderer is None or self._renderer.spec != spec:
+            self._renderer = ShardRenderer(self.loc, spec)
+        return self._renderer
+
+    def close(self) -> None:
+        self.cache.clear()
+        self._renderer = None
+
+
+def run_task(task: Task, state: WorkerState) -> TaskReport:
+    """Run ``task`` on ``state``: the one entry point of every runner."""
+    cpu0 = time.process_time()
+    report = task.run(state)
+    return replace(report, cpu_seconds=time.process_time() - cpu0, maxrss=maxrss())
+
+
+def maxrss() -> int:
+    """Peak resident memory of this process, in bytes."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+# ------------------------------------------------------------------------------------------
+# Phase 1: prepare a pool shard
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolFile:
+    """A source file and the pool slot it goes to."""
+
+    slot: int
+    path: str  # absolute: a worker may run in another folder
+    name: str  # relative to the listing's root, as the store records it
+    bytes: int
+
+
+@dataclass(frozen=True)
+class PreparePoolShard:
+    """Prepare the files of pool shard ``shard`` of ``pool`` at ``size`` px and write them."""
+
+    pool: str
+    shard: int
+    files: tuple[PoolFile, ...]
+    size: int
+    clahe: bool
+
+    @property
+    def key(self) -> str:
+        return f"prepare-{self.pool}-{self.shard}"
+
+    def describe(self) -> str:
+        return f"preparing {self.pool} shard {self.shard}"
+
+    def run(self, state: WorkerState) -> TaskReport:
+        size, count = self.size, len(self.files)
+        images = np.zeros((count, size, size, 3), np.uint8)
+        fovs = np.zeros((count, size, size), np.uint8) if self.pool == NORMALS else None
+        infos = []
+        for j, file in enumerate(self.files):
+            info: dict[str, Any] = {"name": file.name, "bytes": file.bytes, "sha256": None}
+            try:
+                info["sha256"] = _sha256(file.path)
+                if fovs is not None:
+                    prepared = _prepare_normal(file, size, self.clahe)
+                    images[j], fovs[j] = prepared.image, prepared.fov
+                else:
+                    images[j] = _prepare_texture(file, size)
+                info.update(usable=True, reason=None)
+            except Exception as err:  # any unusable file is reported, never fatal here
+                info.update(usable=False, reason=_reason(err, file))
+            infos.append(info)
+        state.guard()
+        state.writer.write_pool(self.pool, self.shard, self.files[0].slot, images, fovs, infos)
+        return TaskReport(infos=tuple(infos))
+
+
+def _prepare_normal(file: PoolFile, size: int, clahe: bool) -> Any:
+    from anomalygen.fundus import prepare_fundus, read_image
+
+    return prepare_fundus(read_image(file.path), size, clahe, name=file.name)
+
+
+def _prepare_texture(file: PoolFile, size: int) -> np.ndarray:
+    """A texture (DRAEM: DTD images) read and resized to ``size x size``."""
+    import cv2
+
+    from anomalygen.fundus import read_image
+
+    rgb = read_image(file.path)
+    h, w = rgb.shape[:2]
+    interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interp)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _reason(err: BaseException, file: PoolFile) -> str:
+    """The reason part of an error message (the file is named separately)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    for prefix in (f"{file.path}: ", f"{file.name}: "):
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    if not isinstance(err, AnomalygenError):
+        return f"{type(err).__name__}: {text}"
+    return text
+
+
+# ------------------------------------------------------------------------------------------
+# Phase 2: render a shard of samples
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What rendering a shard needs of the render's parameters (not the source lists)."""
+
+    seed: int
+    n: int
+    shard_size: int
+    size: int
+    generator: GeneratorConfig
+    source_pool: str  # "normals", or "textures" in texture mode
+
+    @classmethod
+    def of(cls, spec: RenderSpec) -> SampleSpec:
+        return cls(spec.seed, spec.n, spec.shard_size, spec.size, spec.generator, spec.source_pool)
+
+
+@dataclass(frozen=True)
+class RenderShard:
+    """Make the samples of shard ``shard`` and write them."""
+
+    shard: int
+    spec: SampleSpec
+
+    @property
+    def key(self) -> str:
+        return f"render-{self.shard}"
+
+    def describe(self) -> str:
+        return f"rendering shard {self.shard}"
+
+    def run(self, state: WorkerState) -> TaskReport:
+        renderer = state.renderer(self.spec)
+        start = self.shard * self.spec.shard_size
+        samples = range(start, min(start + self.spec.shard_size, self.spec.n))
+        images, masks, targets, sources, metas = renderer.render(samples, state.cache)
+        state.guard()
+        state.writer.write_samples(self.shard, start, images, masks, targets, sources, metas)
+        return TaskReport(samples=len(samples))
+
+
+class ShardRenderer:
+    """The generator, the pools it draws from and a shard's buffers, for one render."""
+
+    def __init__(self, loc: StoreLocation, spec: SampleSpec) -> None:
+        from anomalygen.generator import AnomalyGenerator
+
+        reader = SampleStore(loc)
+        self.spec = spec
+        self.normals = reader.normals
+        self.sources = reader.textures if spec.source_pool == TEXTURES else self.normals
+        self.generator = AnomalyGenerator(spec.generator)
+        size = spec.size
+        self._images = np.empty((spec.shard_size, size, size, 3), np.uint8)
+        self._masks = np.empty((spec.shard_size, size, size), np.uint8)
+
+    def render(self, samples: range, cache: PoolCache) -> tuple[Any, ...]:
+        """``(images, masks, targets, sources, metas)`` of ``samples`` (one shard)."""
+        from anomalygen.generator import draw_pair, sample_rng
+
+        seed = self.spec.seed
+        n_normals = len(self.normals)
+        n_textures = len(self.sources) if self.spec.source_pool == TEXTURES else None
+        images, masks = self._images[: len(samples)], self._masks[: len(samples)]
+        targets, sources, metas = [], [], []
+        for j, i in enumerate(samples):
+            rng = sample_rng(seed, i)
+            t, s = draw_pair(seed, i, rng, n_normals, n_textures)
+            target, fov = cache.get(self.normals, t)
+            source, source_fov = cache.get(self.sources, s)
+            sample = self.generator.generate(target, source, rng, fov=fov, source_fov=source_fov)
+            images[j] = sample.image
+            masks[j] = sample.mask
+            targets.append(t)
+            sources.append(s)
+            metas.append(sample.meta)
+        return images, masks, targets, sources, metas

@@ -1,0 +1,358 @@
+"""Reading a store: :func:`open_store` returns a :class:`SampleStore`, the reading API for
+training and other projects (random access by index, picklable, safe in forked or spawned
+DataLoader workers); :func:`read_attrs` reads the group attributes alone."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anomalygen.errors import StoreError
+from anomalygen.store.access import access_error
+from anomalygen.store.format import (
+    ARRAY_NAMES,
+    DONE,
+    IMAGE,
+    MASK,
+    META,
+    NORMALS,
+    SAMPLE_ARRAYS,
+    SOURCE,
+    TARGET,
+    TEXTURES,
+    RenderSpec,
+    check_format,
+)
+from anomalygen.store.location import StoreLocation, location
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anomalygen.generator import GeneratorConfig
+
+__all__ = ["NormalsView", "SampleStore", "StoreArrays", "open_store", "read_attrs"]
+
+
+def open_store(url: str | os.PathLike, storage_options: dict | None = None) -> SampleStore:
+    """Open a rendered store for reading: ``store[i] -> (image, mask)``.
+
+    ``url`` is a local path or any URL zarr's fsspec store accepts (``file://``, ``memory://``,
+    ``s3://`` with ``storage_options``). Raises :class:`StoreError` for a missing store, a group
+    that is not an anomalygen store, or a format version this code does not know.
+    """
+    return SampleStore(url, storage_options)
+
+
+class StoreArrays:
+    """The zarr group and arrays, opened in one process."""
+
+    def __init__(self, loc: StoreLocation) -> None:
+        import zarr
+
+        try:
+            self.group = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
+        except Exception as err:
+            if isinstance(err, StoreError):
+                raise
+            if isinstance(err, FileNotFoundError) or type(err).__name__ in (
+                "GroupNotFoundError",
+                "NodeNotFoundError",
+            ):
+                raise StoreError(f"{loc}: no store there") from None
+            raise access_error(loc, err, "open the store") from None
+        self._cache: dict[str, Any] = {}
+        self.loc = loc
+
+    def __getitem__(self, name: str) -> Any:
+        arr = self._cache.get(name)
+        if arr is None:
+            try:
+                arr = self.group[name]
+            except KeyError:
+                raise StoreError(f"{self.loc}: array {name!r} is missing") from None
+            self._cache[name] = arr
+        return arr
+
+
+class SampleStore:
+    """A rendered store: ``len(store)``, ``store[i] -> (image, mask)``, ``store.normals[j]``.
+
+    ``image`` is I_G, (H, W, 3) uint8 RGB; ``mask`` is M_G, (H, W) uint8 in {0, 1}. Reading a
+    sample of a shard that is not complete raises :class:`StoreError` (it would read as zeros).
+
+    Picklable and safe in forked or spawned DataLoader workers: only the address travels, and
+    zarr is (re)opened lazily in each process (keyed on ``os.getpid()``).
+    """
+
+    def __init__(self, url: str | os.PathLike | StoreLocation, storage_options=None) -> None:
+        self.loc = location(url, storage_options)
+        self._pid: int | None = None
+        self._arrays: StoreArrays | None = None
+        self._complete: set[int] = set()
+        self._pool_slots: dict[str, np.ndarray] = {}
+        self.attrs: dict[str, Any] = dict(self.arrays().group.attrs)
+        check_format(self.loc, self.attrs)
+        try:
+            self.size: int = int(self.attrs["size"])
+            self.seed: int = int(self.attrs["seed"])
+            self.shard_size: int = int(self.attrs["shard_size"])
+            self._n: int = int(self.attrs["n"])
+        except (KeyError, TypeError, ValueError):
+            raise StoreError(
+                f"{self.loc}: the store's attributes are incomplete (is a render still "
+                "creating it?)"
+            ) from None
+        self.n_shards: int = -(-self._n // self.shard_size)
+
+    # pickling: the address only; zarr objects are per process
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_pid=None, _arrays=None, _complete=set())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def arrays(self) -> StoreArrays:
+        """The zarr group and arrays, opened in this process (reopened after a fork)."""
+        if self._arrays is None or self._pid != os.getpid():
+            self._arrays = StoreArrays(self.loc)
+            self._pid = os.getpid()
+        return self._arrays
+
+    @property
+    def url(self) -> str:
+        return self.loc.url
+
+    def __repr__(self) -> str:
+        return f"SampleStore({self.loc.url!r}, n={self._n}, size={self.size})"
+
+    # --- samples --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    def _index(self, i: int) -> int:
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise TypeError(f"sample index must be an integer, got {type(i).__name__}")
+        i = int(i)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"sample index {i} out of range for a store of {self._n}")
+        shard = i // self.shard_size
+        if shard not in self._complete:
+            self._complete = set(self.complete_shards())
+            if shard not in self._complete:
+                raise StoreError(
+                    f"{self.loc}: sample {i} is in shard {shard}, which is not rendered yet "
+                    "(resume the render to complete it)"
+                )
+        return i
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        i = self._index(i)
+        arrays = self.arrays()
+        return arrays[IMAGE][i], arrays[MASK][i]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for i in range(self._n):
+            yield self[i]
+
+    def shard_range(self, s: int) -> range:
+        """The sample indices of shard ``s``."""
+        if not 0 <= s < self.n_shards:
+            raise IndexError(f"shard {s} out of range (the store has {self.n_shards})")
+        return range(s * self.shard_size, min((s + 1) * self.shard_size, self._n))
+
+    def complete_shards(self) -> list[int]:
+        """Indices of the shards whose data are complete (their flag is set)."""
+        if self.attrs.get("completed"):
+            # Set by the render once every flag is; saves reading one object per shard
+            # (3,125 for 200,000 samples) in every DataLoader worker.
+            return list(range(self.n_shards))
+        return [int(s) for s in np.flatnonzero(self.arrays()[DONE][:])]
+
+    def sample_bytes(self) -> int:
+        """Bytes stored for the samples (image, mask and their metadata), pools excluded."""
+        sizes = self.loc.sizes()
+        return sum(sizes.get(name, 0) for name in SAMPLE_ARRAYS)
+
+    def read_shard(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """All images and masks of shard ``s`` at once (one read per array: fast sequential)."""
+        r = self.shard_range(s)
+        self._index(r.start)
+        arrays = self.arrays()
+        return arrays[IMAGE][r.start : r.stop], arrays[MASK][r.start : r.stop]
+
+    # --- metadata -------------------------------------------------------------------------
+    @property
+    def spec(self) -> RenderSpec:
+        """The parameters the store was rendered with (imports the generator: OpenCV)."""
+        try:
+            return RenderSpec.from_attrs(self.attrs)
+        except StoreError as err:
+            raise StoreError(f"{self.loc}: {err}") from None
+
+    @property
+    def config(self) -> GeneratorConfig:
+        """The generator configuration the samples were made with."""
+        return self.spec.generator
+
+    @property
+    def source_pool(self) -> str:
+        """The pool that lesion sources come from: ``normals`` or ``textures``."""
+        return TEXTURES if self.attrs["generator"].get("source") == "texture" else NORMALS
+
+    def meta(self, i: int) -> dict[str, Any]:
+        """Sample ``i``'s metadata: the generator's meta plus where its images came from.
+
+        ``{"index", "target" (index into store.normals), "source" (index into the source pool),
+        "source_pool" ("normals" or "textures"), "normal", "area", "lesions": [{"target_box",
+        "source_box", "ops", "area"}]}``; boxes are ``[y0, x0, y1, x1]`` in pixels.
+        """
+        i = self._index(i)
+        arrays = self.arrays()
+        meta = json.loads(str(arrays[META][i]))
+        return {
+            "index": i,
+            "target": int(arrays[TARGET][i]),
+            "source": int(arrays[SOURCE][i]),
+            "source_pool": self.source_pool,
+            **meta,
+        }
+
+    def lesion_sources(self, i: int) -> list[dict[str, Any]]:
+        """For each lesion of sample ``i``: its source crop C_s before augmentation.
+
+        A list of ``{"source_pool", "source", "source_box", "target_box", "ops", "crop"}`` with
+        ``crop`` the (h, w, 3) uint8 pixels of the source image inside ``source_box`` (what the
+        augmentations were applied to). For contact sheets such as ``anomalygen preview``.
+        """
+        from anomalygen.generator import tile_to  # OpenCV: only when a preview needs it
+
+        meta = self.meta(i)
+        if not meta["lesions"]:
+            return []
+        view = self.textures if meta["source_pool"] == TEXTURES else self.normals
+        source = view[meta["source"]][0]
+        out = []
+        for lesion in meta["lesions"]:
+            y0, x0, y1, x1 = lesion["source_box"]
+            if meta["source_pool"] == TEXTURES:  # boxes are in the tiled texture (generator)
+                crop = tile_to(source, y1, x1)[y0:y1, x0:x1]
+            else:
+                crop = source[y0:y1, x0:x1]
+            out.append(
+                {
+                    "source_pool": meta["source_pool"],
+                    "source": meta["source"],
+                    "source_box": lesion["source_box"],
+                    "target_box": lesion["target_box"],
+                    "ops": lesion["ops"],
+                    "crop": np.ascontiguousarray(crop),
+                }
+            )
+        return out
+
+    # --- pools ----------------------------------------------------------------------------
+    @property
+    def normals(self) -> NormalsView:
+        """The prepared normal photographs: ``len()``, ``[j] -> (image, fov)``."""
+        return NormalsView(self, NORMALS)
+
+    @property
+    def textures(self) -> NormalsView:
+        """Texture mode only: the prepared textures, ``[j] -> (image, None)``."""
+        if TEXTURES not in self.attrs.get("pools", {}):
+            raise StoreError(
+                f"{self.loc}: this store has no textures (not rendered in texture mode)"
+            )
+        return NormalsView(self, TEXTURES)
+
+    def pool_slots(self, pool: str) -> np.ndarray:
+        """Slots of ``pool`` that hold a usable image, in order (index j -> slot)."""
+        slots = self._pool_slots.get(pool)
+        if slots is None:
+            arrays = self.arrays()
+            count = int(self.attrs.get("pools", {}).get(pool, 0))
+            done = arrays[f"{pool}_done"][:] if count else np.zeros(0, np.uint8)
+            if count and not done.all():
+                raise StoreError(
+                    f"{self.loc}: the {pool} are not all prepared yet (resume the render)"
+                )
+            infos = arrays[f"{pool}_info"][:] if count else []
+            usable = [k for k, text in enumerate(infos) if json.loads(str(text)).get("usable")]
+            slots = np.asarray(usable, dtype=np.int64)
+            self._pool_slots[pool] = slots
+        return slots
+
+    def pool_info(self, pool: str) -> list[dict[str, Any]]:
+        """One record per slot of ``pool``: ``{"name", "bytes", "sha256", "usable", "reason"}``."""
+        return [json.loads(str(t)) for t in self.arrays()[f"{pool}_info"][:]]
+
+
+class NormalsView:
+    """The usable images of a pool, indexed 0 .. len-1 (skipped source files are left out).
+
+    ``view[j] -> (image (H, W, 3) uint8, fov (H, W) uint8 in {0, 1})``; textures have no FOV
+    and return ``(image, None)``. The per-sample ``target`` / ``source`` indices index this view.
+    """
+
+    def __init__(self, store: SampleStore, pool: str) -> None:
+        self._store = store
+        self.pool = pool
+
+    @property
+    def slots(self) -> np.ndarray:
+        return self._store.pool_slots(self.pool)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, j: int) -> tuple[np.ndarray, np.ndarray | None]:
+        slots = self.slots
+        if isinstance(j, bool) or not isinstance(j, int | np.integer):
+            raise TypeError(f"{self.pool} index must be an integer, got {type(j).__name__}")
+        if not -len(slots) <= j < len(slots):
+            raise IndexError(f"{self.pool} index {j} out of range for {len(slots)}")
+        slot = int(slots[j])
+        arrays = self._store.arrays()
+        image = arrays[self.pool][slot]
+        fov = arrays[f"{self.pool}_fov"][slot] if self.pool == NORMALS else None
+        return image, fov
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        for j in range(len(self)):
+            yield self[j]
+
+    def __repr__(self) -> str:
+        return f"NormalsView({self.pool!r}, {len(self)} images)"
+
+    def name(self, j: int) -> str:
+        """The source file (relative name) that item ``j`` was prepared from."""
+        slot = int(self.slots[j])
+        return json.loads(str(self._store.arrays()[f"{self.pool}_info"][slot]))["name"]
+
+
+def read_attrs(loc: StoreLocation) -> dict[str, Any] | None:
+    """The attributes of the store at ``loc``, format checked.
+
+    None if no Zarr group is there; ``{}`` for a group left by a store creation that was cut
+    short (no attributes yet and nothing but this format's arrays). Raises :class:`StoreError`
+    for any other group (not an anomalygen store, or a version this code does not read).
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
+    except Exception:  # zarr raises several types for "no group here"
+        return None
+    attrs = dict(group.attrs)
+    if not attrs:
+        names = {key.split("/")[0] for key in loc.list_keys("")} - {"zarr.json"}
+        if all(name in ARRAY_NAMES or name.endswith(".partial") for name in names):
+            return {}
+    check_format(loc, attrs)
+    return attrs

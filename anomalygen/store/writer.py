@@ -1,0 +1,281 @@
+"""Writing a store: creating it (or checking that a resumed render matches it), and writing
+whole shards.
+
+Every array is sharded with one sample per inner chunk and one writer per shard: a writer
+buffers a whole shard and writes it with one assignment per array (zarr rewrites a whole shard
+on every partial write, so two writers of one shard would lose data). Each shard's completion
+flag is its own object, written after the shard's data. Only the coordinating process creates
+the store and writes the group attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from anomalygen.errors import StoreError, one_line
+from anomalygen.store.format import (
+    AREA,
+    DONE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGE,
+    LESIONS,
+    MASK,
+    META,
+    NORMALS,
+    POOL_CODEC,
+    POOL_SHARD_SIZE,
+    SOURCE,
+    TARGET,
+    RenderSpec,
+    compressors,
+    parameter_differences,
+)
+from anomalygen.store.location import StoreLocation
+from anomalygen.store.reader import read_attrs
+
+__all__ = [
+    "StoreWriter",
+    "create_store",
+    "initial_attrs",
+    "now",
+    "open_or_create",
+    "remove_partial_files",
+]
+
+
+def now() -> str:
+    """A UTC timestamp as the ``created`` and ``completed`` attributes hold it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def initial_attrs(spec: RenderSpec) -> dict[str, Any]:
+    """The group attributes of a new store for ``spec`` (phase 1 fills in the rest)."""
+    from anomalygen import __version__
+
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "anomalygen_version": __version__,
+        "created": now(),
+        # Tells this store apart from one started over in its place (--overwrite): a Dask task
+        # of an abandoned render checks it before writing (anomalygen.render.dask).
+        "store_id": uuid.uuid4().hex,
+        **spec.to_attrs(),
+        "pools": {name: len(listing.files) for name, listing in spec.pools.items()},
+        "skipped": [],
+    }
+
+
+def open_or_create(
+    loc: StoreLocation, spec: RenderSpec, attrs: dict[str, Any], *, overwrite: bool
+) -> str | None:
+    """Create the store with ``attrs``, or check that the one there was started with the same
+    parameters (then resume it). Returns the store's ``store_id`` (None for a store written
+    before it existed). The caller holds the render lock."""
+    existing = read_attrs(loc)
+    if existing and not overwrite:
+        diffs = parameter_differences(existing, spec.to_attrs())
+        if diffs:
+            more = f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+            shown = "; ".join(diffs[:4]) + more
+            raise StoreError(
+                f"{loc}: this store was rendered with different parameters ({shown}); "
+                "rerun with the same ones to resume, or add --overwrite to start over"
+            )
+        remove_partial_files(loc)  # left by a writer killed mid-write
+        return existing.get("store_id")
+    if existing is None and not loc.is_empty():
+        raise StoreError(
+            f"{loc}: exists and is not an anomalygen store; choose another --out "
+            "(nothing was changed there)"
+        )
+    # New store, an overwrite, or a creation that was interrupted before its attributes.
+    loc.clear()
+    pools = {name: len(listing.files) for name, listing in spec.pools.items()}
+    try:
+        create_store(
+            loc, attrs, n=spec.n, size=spec.size, shard_size=spec.shard_size, codec=spec.codec,
+            pools=pools,
+        )  # fmt: skip
+    except OSError as err:
+        raise StoreError(f"{loc}: cannot create the store ({one_line(err)})") from None
+    return attrs["store_id"]
+
+
+def remove_partial_files(loc: StoreLocation) -> int:
+    """Delete the temporary ``*.partial`` files that zarr's local store leaves behind when a
+    writer is killed mid-write (it writes to a temporary name, then renames; object stores
+    write whole objects and leave none). Call with the render lock held. Returns how many."""
+    if loc.local_path is None:
+        return 0
+    partial = [key for key in loc.list_keys() if key.endswith(".partial")]
+    for key in partial:
+        loc.delete(key)
+    return len(partial)
+
+
+# ------------------------------------------------------------------------------------------
+# Creating the arrays
+# ------------------------------------------------------------------------------------------
+
+
+def create_store(
+    loc: StoreLocation,
+    attrs: dict[str, Any],
+    *,
+    n: int,
+    size: int,
+    shard_size: int,
+    codec: str,
+    pools: dict[str, int],
+) -> None:
+    """Create the group, its arrays (empty) and attributes ``attrs`` at ``loc``.
+
+    ``pools`` maps a pool name (``normals``, ``textures``) to its number of slots. The caller
+    holds the render lock and has emptied ``loc``.
+    """
+    import zarr
+
+    # Not mode "w": zarr would delete and recreate the folder, and with it the render's lock
+    # (held on the folder itself).
+    group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="w-")
+    comp = compressors(codec)
+    _images(group, IMAGE, (n, size, size, 3), shard_size, comp, ("sample", "y", "x", "rgb"))
+    _images(group, MASK, (n, size, size), shard_size, comp, ("sample", "y", "x"))
+    for name, dtype in ((TARGET, "int32"), (SOURCE, "int32"), (AREA, "int32"), (LESIONS, "uint16")):
+        _per_item(group, name, n, shard_size, dtype, comp, "sample")
+    _per_item(group, META, n, shard_size, str, comp, "sample")
+    _flags(group, DONE, -(-n // shard_size), "shard")
+    raw = compressors(POOL_CODEC)
+    for pool, count in pools.items():
+        dim = pool[:-1]  # "normal", "texture"
+        _images(group, pool, (count, size, size, 3), POOL_SHARD_SIZE, raw, (dim, "y", "x", "rgb"))
+        if pool == NORMALS:
+            fov = (count, size, size)
+            _images(group, f"{pool}_fov", fov, POOL_SHARD_SIZE, raw, (dim, "y", "x"))
+        _per_item(group, f"{pool}_info", count, POOL_SHARD_SIZE, str, comp, dim)
+        _flags(group, f"{pool}_done", -(-count // POOL_SHARD_SIZE), f"{dim}_shard")
+    group.update_attributes(attrs)  # one write (attrs.update writes once per key)
+
+
+def _images(
+    group: Any, name: str, shape: tuple[int, ...], shard: int, codecs: list, dims: tuple[str, ...]
+) -> None:
+    """An image array: one image per inner chunk, ``shard`` images per shard object."""
+    count = shape[0]
+    group.create_array(
+        name,
+        shape=shape,
+        dtype="uint8",
+        chunks=(1, *shape[1:]),
+        shards=(min(shard, max(count, 1)), *shape[1:]),
+        compressors=codecs,
+        fill_value=0,
+        dimension_names=dims,
+    )
+
+
+def _per_item(
+    group: Any, name: str, count: int, chunk: int, dtype: Any, codecs: list, dim: str
+) -> None:
+    """A per-item array: one chunk per shard."""
+    group.create_array(
+        name,
+        shape=(count,),
+        dtype=dtype,
+        chunks=(min(chunk, max(count, 1)),),
+        compressors=codecs,
+        fill_value="" if dtype is str else 0,
+        dimension_names=(dim,),
+    )
+
+
+def _flags(group: Any, name: str, count: int, dim: str) -> None:
+    """Completion flags, one object each: different writers never touch the same object."""
+    group.create_array(
+        name,
+        shape=(count,),
+        dtype="uint8",
+        chunks=(1,),
+        compressors=None,
+        fill_value=0,
+        dimension_names=(dim,),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Writing one shard (a worker, once per shard)
+# ------------------------------------------------------------------------------------------
+
+
+class StoreWriter:
+    """Open arrays of a store for writing whole shards. One per worker process."""
+
+    def __init__(self, loc: StoreLocation) -> None:
+        import zarr
+
+        self.loc = loc
+        self._group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="r+")
+        self._arrays: dict[str, Any] = {}
+
+    def array(self, name: str) -> Any:
+        arr = self._arrays.get(name)
+        if arr is None:
+            # Writers send whole chunks; the empty-chunk test would cost a full compare each.
+            arr = self._group[name].with_config({"write_empty_chunks": True})
+            self._arrays[name] = arr
+        return arr
+
+    def write_samples(
+        self,
+        shard: int,
+        start: int,
+        images: np.ndarray,
+        masks: np.ndarray,
+        targets: Sequence[int],
+        sources: Sequence[int],
+        metas: Sequence[dict],
+    ) -> None:
+        """Write samples ``start .. start + len(images)`` (shard ``shard``), then its flag."""
+        stop = start + len(images)
+        sel = slice(start, stop)
+        self.array(IMAGE)[sel] = images
+        self.array(MASK)[sel] = masks
+        self.array(TARGET)[sel] = np.asarray(targets, dtype=np.int32)
+        self.array(SOURCE)[sel] = np.asarray(sources, dtype=np.int32)
+        self.array(AREA)[sel] = np.asarray([m["area"] for m in metas], dtype=np.int32)
+        self.array(LESIONS)[sel] = np.asarray([len(m["lesions"]) for m in metas], dtype=np.uint16)
+        self.array(META)[sel] = np.asarray([_dumps(m) for m in metas], dtype=object)
+        self.array(DONE)[shard] = 1  # last: a shard without its flag is rendered again
+
+    def write_pool(
+        self,
+        pool: str,
+        shard: int,
+        start: int,
+        images: np.ndarray,
+        fovs: np.ndarray | None,
+        infos: Sequence[dict],
+    ) -> None:
+        """Write slots ``start .. start + len(infos)`` (pool shard ``shard``), then its flag."""
+        sel = slice(start, start + len(infos))
+        self.array(pool)[sel] = images
+        if fovs is not None:
+            self.array(f"{pool}_fov")[sel] = fovs
+        self.array(f"{pool}_info")[sel] = np.asarray([_dumps(i) for i in infos], dtype=object)
+        self.array(f"{pool}_done")[shard] = 1
+
+    def update_attrs(self, attrs: dict[str, Any]) -> None:
+        """Only the coordinator calls this (one writer of the group's ``zarr.json``)."""
+        self._group = self._group.update_attributes(attrs)  # one write, not one per key
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
