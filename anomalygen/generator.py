@@ -377,19 +377,7 @@ class AnomalyGenerator:
 
         # Fuse C_s into C_t (Eq. 4) and record C_m = P in M_G.
         region = (slice(ty + y0, ty + y1), slice(tx + x0, tx + x1))
-        C_t = image[region]
-        tone = None
-        if cfg.tone.mode == "shift":
-            tone = draw_tone(rng, cfg.tone)
-            C_s = apply_tone(C_s, C_t, P, tone["delta"], tone["texture"], cfg.tone.channels)
-        if cfg.blend == "selfmix":
-            alpha = cfg.alpha
-            if cfg.alpha_range is not None:
-                lo, hi = cfg.alpha_range
-                alpha = lo + (hi - lo) * float(rng.random())
-            image[region] = self_mix(C_s, C_t, P, distance_weights(P, alpha))
-        else:
-            image[region] = paste(C_s, C_t, P)
+        image[region], fused = self._fuse(C_s, image[region], P, rng)
         before = int(np.count_nonzero(mask[region]))
         mask[region] |= P
         added = int(np.count_nonzero(mask[region])) - before
@@ -398,12 +386,28 @@ class AnomalyGenerator:
             "source_box": [sy, sx, sy + h, sx + w],
             "ops": ops,
             "area": int(np.count_nonzero(P)),
+            **fused,
         }
-        if tone is not None:
-            meta["tone"] = tone
-        if cfg.alpha_range is not None and cfg.blend == "selfmix":
-            meta["alpha"] = alpha
         return meta, added
+
+    def _fuse(
+        self, C_s: np.ndarray, C_t: np.ndarray, P: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict]:
+        """The lesion crop C (Eq. 4) from the augmented C_s and the target's C_t on P's box,
+        after the tone step where it is on, and the values drawn for the metadata: ``tone``
+        (anomalygen.tone) and ``alpha`` (when drawn per lesion)."""
+        cfg = self.config
+        drawn: dict = {}
+        if cfg.tone.mode == "shift":
+            tone = drawn["tone"] = draw_tone(rng, cfg.tone)
+            C_s = apply_tone(C_s, C_t, P, tone["delta"], tone["texture"], cfg.tone.channels)
+        if cfg.blend == "paste":
+            return paste(C_s, C_t, P), drawn
+        alpha = cfg.alpha
+        if cfg.alpha_range is not None:
+            lo, hi = cfg.alpha_range
+            alpha = drawn["alpha"] = lo + (hi - lo) * float(rng.random())
+        return self_mix(C_s, C_t, P, distance_weights(P, alpha)), drawn
 
     def _anchored_lesion(
         self,

@@ -42,6 +42,7 @@ PAPER_GENERATOR: dict[str, Any] = {
     "crop_size": [0.015, 0.25],
     "aspect": [0.5, 2.0],
     "alpha": 0.7,
+    "alpha_range": None,
     "source": "fundus",
     "blend": "selfmix",
     "mask": "perlin",
@@ -52,6 +53,7 @@ PAPER_GENERATOR: dict[str, Any] = {
         "min_period": 8.0,
         "rotate": True,
         "max_draws": 4,
+        "taper": 0.0,
     },
     "augment": {
         "n_ops": 3,
@@ -71,6 +73,14 @@ PAPER_GENERATOR: dict[str, Any] = {
         "temperature": {"kelvin": [1100.0, 10000.0]},
         "autocontrast": {"cutoff": [0.0, 20.0]},
         "color_shift": {"offset": [-30, 30]},
+    },
+    "tone": {
+        "mode": "source",
+        "p_dark": 0.55,
+        "dark": [4.0, 45.0],
+        "bright": [4.0, 60.0],
+        "channels": [1.0, 1.0, 0.75],
+        "texture": [0.0, 1.0],
     },
 }
 
