@@ -163,8 +163,7 @@ def anomaly_maps(
     if device.type == "cuda":
         batch = batch.pin_memory().to(device, non_blocking=True)
     x = batch.permute(0, 3, 1, 2).float().div_(255.0)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         if device.type == "cuda" and amp:
             with torch.autocast("cuda", dtype=torch.bfloat16):

