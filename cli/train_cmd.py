@@ -63,6 +63,15 @@ def train(
             rich_help_panel=SCHEDULE,
         ),
     ] = None,
+    stage1_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--stage1-steps",
+            help="Stage 1's length in steps where it differs from stage 2's (default: per preset).",
+            min=1,
+            rich_help_panel=SCHEDULE,
+        ),
+    ] = None,
     lr: Annotated[
         float | None,
         typer.Option("--lr", help="Peak learning rate (paper: 5e-5).", rich_help_panel=SCHEDULE),
@@ -257,6 +266,7 @@ def train(
         batch_size=batch_size,
         epochs=epochs,
         steps=steps,
+        stage1_steps=stage1_steps,
         lr=lr,
         min_lr=min_lr,
         warmup=warmup,

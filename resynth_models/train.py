@@ -127,6 +127,7 @@ class TrainConfig:
     epochs: float | None = 300.0  # per stage; 1 epoch = len(store.normals) samples (ours: the
     #                               paper gives only the warm-up; 50 warm-up + 250 cosine epochs)
     steps: int | None = None  # per stage; replaces epochs when given
+    stage1_steps: int | None = None  # stage 1's steps where they differ (None: as stage 2)
     lr: float = 5e-5  # initial (peak) learning rate (paper 4.1)
     min_lr: float = 2.5e-5  # end of the cosine decay (paper 4.1)
     warmup: str = "50ep"  # linear warm-up: "500" steps, "50ep" epochs or "5%" of the stage
@@ -162,6 +163,8 @@ class TrainConfig:
             raise ConfigError("training length: give --epochs or --steps")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps: must be at least 1, got {self.steps}")
+        if self.stage1_steps is not None and self.stage1_steps < 1:
+            raise ConfigError(f"--stage1-steps: must be at least 1, got {self.stage1_steps}")
         if self.epochs is not None and not self.epochs > 0:
             raise ConfigError(f"--epochs: must be positive, got {self.epochs}")
         if not self.lr > 0:
@@ -240,7 +243,8 @@ def make_configs(
     """``(TrainConfig, NetworkConfig)`` of a preset with some fields replaced.
 
     ``network`` replaces NetworkConfig fields (``rec_features``, ``rec_width``, ...); ``train``
-    replaces TrainConfig fields. Giving ``steps`` clears the preset's ``epochs`` and vice versa.
+    replaces TrainConfig fields. Giving ``steps`` clears the preset's ``epochs`` and vice versa,
+    and either clears the preset's ``stage1_steps`` (``--steps 20`` means 20 steps per stage).
     """
     if preset not in PRESETS or preset not in TRAIN_PRESETS:
         raise ConfigError(f"--preset: unknown preset {preset!r}; choose {', '.join(PRESETS)}")
@@ -251,6 +255,8 @@ def make_configs(
         fields["epochs"] = None
     if train.get("epochs") is not None:
         fields["steps"] = None
+    if train.get("steps") is not None or train.get("epochs") is not None:
+        fields.pop("stage1_steps", None)
     fields.update({k: v for k, v in train.items() if v is not None})
     try:
         train_config = TrainConfig(**fields)
@@ -923,7 +929,9 @@ def _train_stage(
         )
     global_batch = config.batch_size * dist.world
     steps_per_epoch = n_norm / global_batch  # 1 epoch = one sample per normal photograph
-    if config.steps is not None:
+    if stage == 1 and config.stage1_steps is not None:
+        total = config.stage1_steps
+    elif config.steps is not None:
         total = config.steps
     else:
         total = steps_for(config.epochs * n_norm, global_batch)

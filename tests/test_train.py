@@ -20,6 +20,7 @@ from anomalygen.errors import ConfigError, StoreError  # noqa: E402
 from resynth_models import checkpoint as ckpt  # noqa: E402
 from resynth_models.networks import ReconstructionNet, ReSynthDetect  # noqa: E402
 from resynth_models.train import (  # noqa: E402
+    TRAIN_PRESETS,
     StepInfo,
     TrainConfig,
     TrainingInterrupted,
@@ -375,3 +376,17 @@ def test_torchrun_two_processes_match_one(store: str, tmp_path: Path) -> None:
         torch.testing.assert_close(ddp[k], one[k], rtol=1e-3, atol=1e-4)
     info = json.loads((tmp_path / "ddp/state/stage1.json").read_text())["info"]
     assert info["world_size"] == 2 and info["global_batch"] == 2
+
+
+def test_stage1_steps(store: str, tmp_path: Path) -> None:
+    """--stage1-steps sets stage 1's length alone; --steps or --epochs clear a preset's."""
+    config, net = tiny(steps=3, stage1_steps=2, val_fraction=0.0)
+    assert (config.steps, config.stage1_steps) == (3, 2)
+    result = train(store, tmp_path / "run", config, net, progress=False)
+    assert [(s.stage, s.total_steps) for s in result.stages] == [(1, 2), (2, 3)]
+    with pytest.raises(ConfigError, match="--stage1-steps"):
+        TrainConfig(steps=3, stage1_steps=0)
+    small = TRAIN_PRESETS["small"]
+    if small.get("stage1_steps") is not None:
+        assert make_configs("small", steps=20)[0].stage1_steps is None
+        assert make_configs("small", epochs=2)[0].stage1_steps is None
