@@ -85,8 +85,9 @@ class Row:
     normals: str  # folder under ../shared/data
     what: str
     generator: dict = field(default_factory=dict)  # GeneratorConfig fields (JSON) over defaults
-    train_args: tuple[str, ...] = ()
+    train_args: tuple[str, ...] = ()  # to both stages (part of the stage-1 key)
     render_args: tuple[str, ...] = ()
+    stage2_args: tuple[str, ...] = ()  # to stage 2 only (stage 1 stays shared)
 
 
 MAIN_ROWS = (
@@ -183,7 +184,7 @@ def train_row(row: Row, folder: Path, out: Path, log: Path, times: dict) -> Path
     times["stage1"] = float((shared / "seconds.txt").read_text())
     run_dir = folder / "run"
     times["stage2"] = run([*train, "--out", str(run_dir), "--stage", "2", "--stage1-from",
-                           str(shared)], log)  # fmt: skip
+                           str(shared), *row.stage2_args], log)  # fmt: skip
     return run_dir
 
 
@@ -283,6 +284,7 @@ def main() -> None:
     parser.add_argument("--generator", type=Path, help="with --try: generator JSON overrides")
     parser.add_argument("--train-args", default="", help="with --try: more `resynth train` flags")
     parser.add_argument("--render-args", default="", help="with --try: more render flags")
+    parser.add_argument("--stage2-args", default="", help="with --try: flags for stage 2 only")
     args = parser.parse_args()
     if args.try_name:
         generator = json.loads(args.generator.read_text()) if args.generator else {}

@@ -141,6 +141,15 @@ def train(
     loc_depth: Annotated[
         int | None, typer.Option("--loc-depth", help="E_l/D_l levels.", rich_help_panel=NETWORK)
     ] = None,
+    local_contrast: Annotated[
+        float | None,
+        typer.Option(
+            "--local-contrast",
+            help="E_l also sees the image's local contrast; the background blur's sigma as a "
+            "fraction of the side (0 = off; default: per preset).",
+            rich_help_panel=NETWORK,
+        ),
+    ] = None,
     stage1_from: Annotated[
         str | None,
         typer.Option(
@@ -255,6 +264,7 @@ def train(
             "rec_depth": rec_depth,
             "loc_width": loc_width,
             "loc_depth": loc_depth,
+            "local_contrast": local_contrast,
         }.items()
         if v is not None
     }
