@@ -183,9 +183,23 @@ def train_row(row: Row, folder: Path, out: Path, log: Path, times: dict) -> Path
         (shared / "seconds.txt").write_text(f"{seconds:.1f}\n")
     times["stage1"] = float((shared / "seconds.txt").read_text())
     run_dir = folder / "run"
-    times["stage2"] = run([*train, "--out", str(run_dir), "--stage", "2", "--stage1-from",
-                           str(shared), *row.stage2_args], log)  # fmt: skip
+    times["stage2"] = run([*_without(train, row.stage2_args), "--out", str(run_dir), "--stage",
+                           "2", "--stage1-from", str(shared), *row.stage2_args], log)  # fmt: skip
     return run_dir
+
+
+def _without(args: list[str], overrides: tuple[str, ...]) -> list[str]:
+    """``args`` without the options (and their values) that ``overrides`` gives again."""
+    names = {a for a in overrides if a.startswith("--")}
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = not a.startswith("--no-")  # a flag with a value
+        else:
+            out.append(a)
+    return out
 
 
 def bench_row(row: Row, out: Path, force: bool) -> dict:
@@ -295,6 +309,7 @@ def main() -> None:
             generator,
             tuple(args.train_args.split()),
             tuple(args.render_args.split()),
+            tuple(args.stage2_args.split()),
         )
         args.rows = args.try_name
     if args.list:
