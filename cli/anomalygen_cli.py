@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import run_app
+from anomalygen_cli.common import run_app
 
 app = typer.Typer(
     name="anomalygen",
@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 # Each command's parsing lives in its own module; registration order is the order in --help.
-from cli import preview_cmd, render_cmd  # noqa: E402
+from anomalygen_cli import preview_cmd, render_cmd  # noqa: E402
 
 app.command("render")(render_cmd.render)
 app.command("preview")(preview_cmd.preview)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import fail
+from anomalygen_cli.common import fail
 
 DATASETS = ("idrid", "eyeq", "folder")
 

@@ -68,7 +68,7 @@ Where = Annotated[
     ),
 ]
 
-# --- generator (GeneratorConfig fields; cli.render_cmd.generator_config applies them) -------
+# --- generator (GeneratorConfig fields; render_cmd.generator_config applies them) -----------
 Lesions = Annotated[
     str | None,
     typer.Option(

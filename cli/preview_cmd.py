@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cli import options as opt
-from cli.common import fail
-from cli.render_cmd import generator_config
+from anomalygen_cli import options as opt
+from anomalygen_cli.common import fail
+from anomalygen_cli.render_cmd import generator_config
 
 
 def preview(

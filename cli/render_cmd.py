@@ -18,8 +18,8 @@ import typer
 from anomalygen.errors import ConfigError
 from anomalygen.render import DEFAULT_CACHE_MB
 from anomalygen.store import DEFAULT_CODEC, DEFAULT_SHARD_SIZE
-from cli import options as opt
-from cli.common import EXIT_INTERRUPTED, fail
+from anomalygen_cli import options as opt
+from anomalygen_cli.common import EXIT_INTERRUPTED, fail
 
 STORE = "Store"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import run_app
+from anomalygen_cli.common import run_app
 
 app = typer.Typer(
     name="resynth",
@@ -15,7 +15,7 @@ app = typer.Typer(
 )
 
 # Each command's parsing lives in its own module; registration order is the order in --help.
-from cli import evaluate_cmd, train_cmd  # noqa: E402
+from anomalygen_cli import evaluate_cmd, train_cmd  # noqa: E402
 
 app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from cli import options as opt
-from cli.common import EXIT_INTERRUPTED
+from anomalygen_cli import options as opt
+from anomalygen_cli.common import EXIT_INTERRUPTED
 
 SCHEDULE = "Schedule"
 NETWORK = "Network"
@@ -239,7 +239,7 @@ def train(
     Stage 1: the reconstruction autoencoder E_r/D_r on the store's normal photographs (L2).
     Stage 2: the localisation network on the synthetic lesions, fed the frozen E_r's features
     (focal loss). Resumable: after an interruption run the same command with --resume.
-    Several GPUs: torchrun --nproc_per_node N -m cli.resynth_cli train ...
+    Several GPUs: torchrun --nproc_per_node N -m anomalygen_cli.resynth_cli train ...
     """
     from anomalygen.store import parse_storage_options
     from resynth_models.data import NO_AUGMENT

@@ -3,7 +3,7 @@
     resynth train --data synth.zarr --out runs/exp1                  # both stages (GPU, 768 px)
     resynth train --data synth.zarr --out runs/cpu --preset small    # 2-core CPU, 256 px
     resynth train --data synth.zarr --out runs/exp1 --resume         # after an interruption
-    torchrun --nproc_per_node 4 -m cli.resynth_cli train --data synth.zarr --out runs/ddp
+    torchrun --nproc_per_node 4 -m anomalygen_cli.resynth_cli train --data synth.zarr --out runs/ddp
 
 Stage 1 (paper 3.1): the autoencoder E_r/D_r (:class:`ReconstructionNet`) learns to reconstruct
 the store's normal photographs with the L2 loss of Eq. 1. Stage 2 (paper 3.2): the localisation

@@ -358,12 +358,15 @@ def test_torchrun_two_processes_match_one(store: str, tmp_path: Path) -> None:
               "--min-lr", "1e-4", "--warmup", "1", "--preset", "small", "--rec-width", "4",
               "--rec-depth", "3", "--loc-width", "4", "--loc-depth", "3", "--device", "cpu",
               "--quiet"]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    elsewhere = tmp_path / "project"  # the README's launch from another project's folder,
+    (elsewhere / "cli").mkdir(parents=True)  # one with a cli/ package of its own
+    (elsewhere / "cli" / "__init__.py").write_text("raise SystemExit('wrong cli package')\n")
     proc = subprocess.run(
-        [*torchrun, "--nproc_per_node", "2", "-m", "cli.resynth_cli", "train", "--data", store,
-         "--out", str(tmp_path / "ddp"), "--batch-size", "1", *common],
-        env=env, capture_output=True, text=True, timeout=300,
+        [*torchrun, "--nproc_per_node", "2", "-m", "anomalygen_cli.resynth_cli", "train",
+         "--data", store, "--out", str(tmp_path / "ddp"), "--batch-size", "1", *common],
+        env=env, capture_output=True, text=True, timeout=300, cwd=elsewhere,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     config, net = tiny(stage="1", steps=3, batch_size=2, warmup="1", lr=1e-3)

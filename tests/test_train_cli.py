@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cli.resynth_cli import main  # noqa: E402
+from anomalygen_cli.resynth_cli import main  # noqa: E402
 from tests.synthetic import render_tiny_store, run_cli  # noqa: E402
 
 TINY = ["--preset", "small", "--size", "32", "--batch-size", "2", "--steps", "2", "--workers",
@@ -123,7 +123,7 @@ def test_existing_run_with_another_config(monkeypatch, capsys, store, tmp_path) 
 
 
 def test_cli_module_does_not_import_torch() -> None:
-    code = "import sys, cli.train_cmd; print('torch' in sys.modules)"
+    code = "import sys, anomalygen_cli.train_cmd; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parents[1])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
