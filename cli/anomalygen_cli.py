@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from anomalygen_cli.common import run_app
+from anomalygen_cli.common import Command, Group, run_app
 
 app = typer.Typer(
     name="anomalygen",
     help="Fundus-consistent synthetic lesions (ReSynthDetect's anomaly generator), rendered into "
     "sharded Zarr stores.",
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -18,10 +19,10 @@ app = typer.Typer(
 # Each command's parsing lives in its own module; registration order is the order in --help.
 from anomalygen_cli import preview_cmd, render_cmd  # noqa: E402
 
-app.command("render")(render_cmd.render)
-app.command("preview")(preview_cmd.preview)
-app.command("info")(render_cmd.info)
-app.command("verify")(render_cmd.verify)
+app.command("render", cls=Command)(render_cmd.render)
+app.command("preview", cls=Command)(preview_cmd.preview)
+app.command("info", cls=Command)(render_cmd.info)
+app.command("verify", cls=Command)(render_cmd.verify)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import sys
 from typing import NoReturn
 
 import typer
+import typer.core
 
 from anomalygen.errors import AnomalygenError, one_line
 
@@ -25,6 +26,28 @@ EXTRA_MODULES = {
     "distributed": ("distributed", "dask"),
     "s3fs": ("s3fs", "s3"),
 }
+
+
+def _untyped_flags(params: list) -> list:
+    """Flags (``--quiet``, ``--help``) take no value: show no value type beside them."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(typer.core.TyperCommand):
+    """A command whose help shows no ``<bool>`` beside its flags."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        return _untyped_flags(super().get_params(ctx))
+
+
+class Group(typer.core.TyperGroup):
+    """An app (a group of commands) whose help shows no ``<bool>`` beside ``--help``."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        return _untyped_flags(super().get_params(ctx))
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:

@@ -23,7 +23,9 @@ def preview(
     n: Annotated[int, typer.Option("--n", help="Number of samples to draw.", min=1)] = 16,
     indices: Annotated[
         str | None,
-        typer.Option("--indices", help="Store samples to draw, e.g. 0,5,17 or 100-115."),
+        typer.Option(
+            "--indices", metavar="LIST", help="Store samples to draw, e.g. 0,5,17 or 100-115."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Live preview: sample k uses (seed, k).")] = 0,
     size: Annotated[

@@ -120,7 +120,10 @@ def render(
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 768,
     seed: Annotated[int, typer.Option("--seed", help="Sample i depends on (seed, i) only.")] = 0,
     workers: Annotated[
-        str, typer.Option("--workers", help="Worker processes, or 'auto' (one per CPU).")
+        str,
+        typer.Option(
+            "--workers", metavar="N|auto", help="Worker processes, or 'auto' (one per CPU)."
+        ),
     ] = "auto",
     shard_size: Annotated[
         int,
