@@ -128,3 +128,48 @@ def test_cli_module_does_not_import_torch() -> None:
                           cwd=Path(__file__).parents[1])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_resume_alone_takes_the_run_s_configuration(monkeypatch, capsys, store, tmp_path) -> None:
+    """--resume without the options of the first command: the run's config.json is used, and
+    only options given again are compared with it."""
+    run_dir = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "train", "--data", store, "--out", run_dir, *TINY,
+                       "--stage", "1")  # fmt: skip
+    assert code == 0, err
+    code, out, err = run(monkeypatch, capsys, "train", "--data", store, "--out", run_dir,
+                         "--resume", "-q")  # fmt: skip
+    assert code == 0, err
+    assert out.count("already complete") == 1 and "stage 2" not in out  # the run's --stage 1
+    code, _, err = run(monkeypatch, capsys, "train", "--data", store, "--out", run_dir,
+                       "--resume", "--lr", "0.5", "-q")  # fmt: skip
+    _one_line_error(code, err, "different configuration (lr 0.001 -> 0.5);", "--overwrite")
+    # a run made before a training option existed: the option's default is no difference
+    path = run_dir / "config.json"
+    record = json.loads(path.read_text())
+    for name in ("photometric", "upsample"):
+        del record["train"][name]
+    path.write_text(json.dumps(record))
+    code, out, err = run(monkeypatch, capsys, "train", "--data", store, "--out", run_dir,
+                         "--resume", "--stage", "2", "--device", "cpu", "-q")  # fmt: skip
+    assert code == 0, err
+    assert "stage 2: 2 steps" in out and (run_dir / "stage2.safetensors").is_file()
+
+
+def test_size_above_the_store_s_needs_upsample(monkeypatch, capsys, store, tmp_path) -> None:
+    args = ["train", "--data", store, *TINY, "--size", "128", "--stage", "1", "--steps", "1"]
+    code, _, err = run(monkeypatch, capsys, *args, "--out", tmp_path / "a")
+    _one_line_error(code, err, "--size 128: above the store's 64 px", "--upsample")
+    assert not (tmp_path / "a").exists()
+    code, _, err = run(monkeypatch, capsys, *args, "--out", tmp_path / "b", "--upsample")
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["data"]["size"] == 128
+
+
+def test_default_preset_on_a_cpu_says_so_once(monkeypatch, capsys, store, tmp_path) -> None:
+    code, _, err = run(monkeypatch, capsys, "train", "--data", store, "--out", tmp_path / "r",
+                       "--stage", "1", "--steps", "1", "--batch-size", "1", "--workers", "0",
+                       "--device", "cpu", "-q")  # fmt: skip
+    assert code == 0, err
+    assert err.count("note: the default preset is sized for a GPU") == 1
+    assert "--preset small" in err
