@@ -1,4 +1,5 @@
-"""The ``anomalygen`` command: render synthetic lesions into stores, preview, inspect, verify."""
+"""The ``anomalygen`` command: render synthetic lesions into stores, preview, inspect, verify,
+export."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ app = typer.Typer(
 )
 
 # Each command's parsing lives in its own module; registration order is the order in --help.
-from anomalygen_cli import preview_cmd, render_cmd  # noqa: E402
+from anomalygen_cli import export_cmd, preview_cmd, render_cmd  # noqa: E402
 
 app.command("render", cls=Command)(render_cmd.render)
 app.command("preview", cls=Command)(preview_cmd.preview)
 app.command("info", cls=Command)(render_cmd.info)
 app.command("verify", cls=Command)(render_cmd.verify)
+app.command("export", cls=Command)(export_cmd.export)
 
 
 def main() -> None:

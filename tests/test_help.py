@@ -67,4 +67,4 @@ def test_config_help_does_not_depend_on_the_option_order(monkeypatch, capsys, co
 
 def test_gitignore_covers_what_the_readme_commands_write() -> None:
     ignored = set((ROOT / ".gitignore").read_text().splitlines())
-    assert {"maps/", "preview.png", "demo.png", "*.zarr/", "runs/"} <= ignored
+    assert {"maps/", "exported/", "preview.png", "demo.png", "*.zarr/", "runs/"} <= ignored
