@@ -108,6 +108,6 @@ def test_render_train_evaluate_predict(fundus_folder: Path, tmp_path: Path, monk
     assert code == 0, err
     assert len(list((pred_dir / "overlays").glob("*.png"))) == 4
     saved = np.asarray(Image.open(pred_dir / "maps" / "a0.png"))
-    assert saved.shape == (64, 64)
+    assert saved.shape == (96, 96)  # the photograph's own frame
     with (pred_dir / "scores.csv").open(newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 4
