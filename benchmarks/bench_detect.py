@@ -1,6 +1,6 @@
 """Detection of REAL lesions: render, train and evaluate on the photographs in ../shared/data.
 
-    python benchmarks/bench_detect.py                        # the main rows (about 1.3 h on 2 cores)
+    python benchmarks/bench_detect.py                        # the main rows (about 1.3 h)
     python benchmarks/bench_detect.py --rows ours-idrid      # one row
     python benchmarks/bench_detect.py --rows ablations       # the ablation rows (several hours)
     python benchmarks/bench_detect.py --run RUN              # evaluate an existing run folder
