@@ -11,13 +11,25 @@ from typing import Annotated
 import typer
 
 from anomalygen_cli import options as opt
-from anomalygen_cli.common import EXIT_INTERRUPTED
+from anomalygen_cli.common import EXIT_INTERRUPTED, fail
 
 SCHEDULE = "Schedule"
 NETWORK = "Network"
 HARDWARE = "Hardware"
 RUN = "Run folder"
 VALIDATION = "Validation and logging"
+
+
+def _scales(text: str | None) -> tuple[float, ...] | None:
+    """``--local-contrast``: "0.03125,0.1" -> (0.03125, 0.1); "none" -> ()."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("none", "off", "0", ""):
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        fail(f"--local-contrast: expected numbers separated by commas or 'none', got {text!r}")
 
 
 def train(
@@ -153,11 +165,12 @@ def train(
         int | None, typer.Option("--loc-depth", help="E_l/D_l levels.", rich_help_panel=NETWORK)
     ] = None,
     local_contrast: Annotated[
-        float | None,
+        str | None,
         typer.Option(
             "--local-contrast",
-            help="E_l also sees the image's local contrast; the background blur's sigma as a "
-            "fraction of the side (0 = off; default: per preset).",
+            metavar="LIST",
+            help="E_l also sees the image's local contrast at these background-blur sigmas, "
+            "fractions of the side, e.g. 0.03125,0.1 ('none': off; default: per preset).",
             rich_help_panel=NETWORK,
         ),
     ] = None,
@@ -276,7 +289,7 @@ def train(
             "rec_depth": rec_depth,
             "loc_width": loc_width,
             "loc_depth": loc_depth,
-            "local_contrast": local_contrast,
+            "local_contrast": _scales(local_contrast),
         }.items()
         if v is not None
     }

@@ -59,12 +59,12 @@ class NetworkConfig:
     norm: str = "group"  # "group" (ours, small batches) | "batch" (DRAEM) | "instance"
     head_prior: float = 0.01  # D_l's initial anomaly probability (RetinaNet's focal-loss init)
     # Ours: E_l also sees the image's local contrast (:func:`local_contrast`: the image minus
-    # its Gaussian-blurred background inside the field of view, x4), 0 = off (the paper's).
-    # The value is the blur's sigma as a fraction of the image side. Lesions are local
-    # departures from the background; handing E_l that difference makes them visible from its
-    # first layer and removes the photograph's overall illumination (Graham's preprocessing
+    # its Gaussian-blurred background inside the field of view, x4), 3 channels per scale; ()
+    # = off (the paper's). Each value is a blur sigma as a fraction of the image side. Lesions
+    # are local departures from the background; handing E_l that difference makes them visible
+    # from its first layer and removes the photograph's overall illumination (Graham's preprocessing
     # for diabetic retinopathy, Kaggle 2015, uses the same difference at sigma = radius / 30).
-    local_contrast: float = 0.0
+    local_contrast: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("rec_width", "loc_width"):
@@ -90,10 +90,15 @@ class NetworkConfig:
                 f"({self.rec_depth}) when rec_features={self.rec_features!r}: "
                 "F_c^i = concat(F_r^i, F_l^i) needs one E_r feature per E_l level"
             )
-        if not 0.0 <= self.local_contrast <= 0.5:
+        if isinstance(self.local_contrast, int | float):
+            object.__setattr__(
+                self, "local_contrast", (self.local_contrast,) if self.local_contrast else ()
+            )
+        object.__setattr__(self, "local_contrast", tuple(float(v) for v in self.local_contrast))
+        if not all(0.0 < v <= 0.5 for v in self.local_contrast):
             raise ConfigError(
-                f"NetworkConfig.local_contrast: must be in [0, 0.5] (a fraction of the side, 0 = "
-                f"off), got {self.local_contrast}"
+                "NetworkConfig.local_contrast: each scale must be in (0, 0.5] (a fraction of the "
+                f"side), got {self.local_contrast}"
             )
         if not 0.0 < self.head_prior < 1.0:
             raise ConfigError(f"NetworkConfig.head_prior: must be in (0, 1), got {self.head_prior}")
@@ -347,7 +352,7 @@ class ReSynthDetect(nn.Module):
         self.config = config = config if config is not None else NetworkConfig()
         self.rec_net = ReconstructionNet(config.rec_width, config.rec_depth, config.norm)
         self.loc_net = LocalizationNet(
-            in_channels=3 * (1 + (config.rec_features == "image") + (config.local_contrast > 0)),
+            in_channels=3 * (1 + (config.rec_features == "image") + len(config.local_contrast)),
             width=config.loc_width,
             depth=config.loc_depth,
             rec_channels=self.rec_net.channels if config.concat_features else None,
@@ -370,9 +375,8 @@ class ReSynthDetect(nn.Module):
         _check_images(x, 3, max(self.config.rec_depth, self.config.loc_depth))
         mode = self.config.rec_features
         extra = []
-        if self.config.local_contrast > 0:
-            sigma = self.config.local_contrast * x.shape[-1]
-            extra.append(local_contrast(x.float(), sigma).to(x.dtype))
+        for scale in self.config.local_contrast:
+            extra.append(local_contrast(x.float(), scale * x.shape[-1]).to(x.dtype))
         if mode == "none":
             return self.loc_net(torch.cat([x, *extra], dim=1) if extra else x)
         with torch.no_grad():

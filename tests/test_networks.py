@@ -372,7 +372,7 @@ def test_local_contrast_input() -> None:
     assert lc[:, :, flat].abs().max() < 0.02  # a flat retina, rim included: about 0
     assert lc[0, 1, 30, 36] < -0.5  # the spot stands out, x4
     config = NetworkConfig(
-        rec_width=4, rec_depth=3, loc_width=4, loc_depth=3, local_contrast=1 / 16
+        rec_width=4, rec_depth=3, loc_width=4, loc_depth=3, local_contrast=(1 / 16,)
     )
     model = build_model(config)
     assert model.loc_net.encoder.in_channels == 6
@@ -380,4 +380,4 @@ def test_local_contrast_input() -> None:
     image_mode = NetworkConfig(**{**config.__dict__, "rec_features": "image"})
     assert build_model(image_mode).loc_net.encoder.in_channels == 9
     with pytest.raises(ConfigError, match="local_contrast"):
-        NetworkConfig(local_contrast=0.9)
+        NetworkConfig(local_contrast=(0.9,))
