@@ -264,12 +264,18 @@ OPS: dict[str, Callable] = {
 }
 
 
+#: The pool without the operations that give lesions colours no fundus shows.
+FUNDUS_OPS = ("sharpen", "gamma", "temperature", "autocontrast", "color_shift")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Which operations a lesion gets and their ranges."""
 
     n_ops: int = 3  # paper: three distinct operations per lesion
-    ops: tuple[str, ...] = tuple(OPS)  # paper: the pool of seven
+    # The paper: the pool of seven. Ours: without solarize and hue, which make green, blue and
+    # black lesions that no fundus shows (the paper's preset keeps all seven).
+    ops: tuple[str, ...] = FUNDUS_OPS
     sharpen: SharpenParams = field(default_factory=SharpenParams)
     solarize: SolarizeParams = field(default_factory=SolarizeParams)
     gamma: GammaParams = field(default_factory=GammaParams)

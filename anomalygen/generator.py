@@ -32,7 +32,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from anomalygen.augment import AugmentConfig, augment
+from anomalygen.augment import OPS, AugmentConfig, augment
+from anomalygen.config import from_dict, to_dict
 from anomalygen.errors import ConfigError, ImageError
 from anomalygen.perlin import PerlinConfig, perlin_mask
 from anomalygen.selfmix import distance_weights, paste, self_mix
@@ -51,20 +52,25 @@ MIN_CROP_PX = 3
 class GeneratorConfig:
     """How synthetic lesions are made. Field comments say where each default comes from."""
 
-    # Lesions per anomalous sample, drawn uniformly from this inclusive range. Ours: DR
-    # photographs usually show several lesions; DRAEM gets several blobs from one full-image
-    # Perlin mask, we get them from 1-4 crops (and from several blobs within a crop).
-    lesions: tuple[int, int] = (1, 4)
-    # Probability that a sample stays normal (empty mask, image == target). DRAEM: 0.5.
-    p_normal: float = 0.5
+    # Lesions per anomalous sample, drawn uniformly from this inclusive range. Ours: the 30
+    # IDRiD photographs of ../shared/data/idrid-512 show a median of 92 lesion components each
+    # at 256 px (benchmarks/lesion_stats.py); 1-12 crops, each with one or several Perlin
+    # blobs, give 11 (the paper's preset: 1-4 crops, 4 components).
+    lesions: tuple[int, int] = (1, 12)
+    # Probability that a sample stays normal (empty mask, image == target). DRAEM and the
+    # paper's preset: 0.5. Ours: 0.2; the pixels around the lesions are normal examples too,
+    # and a short CPU run learns faster with more lesion pixels (benchmarks/bench_detect.py).
+    p_normal: float = 0.2
     # Crop side as a fraction of the image side, drawn log-uniformly. Ours: real lesions range
     # from microaneurysms of a few pixels to haemorrhages about a tenth of the FOV disc across
     # (~77 px at 768). A Perlin mask at threshold 0.5 covers ~5% of its crop and its largest
     # blob spans ~0.3 of the crop side (median; up to the whole side for streaks; measured).
     # At 768 px, crops of 12-192 px thus give lesions from 2-5 px (microaneurysms) up to about
     # 55 px (median) at the largest crops and over 100 px in their tail (large haemorrhages,
-    # exudate clusters). Log-uniform because small lesions are the common ones.
-    crop_size: tuple[float, float] = (0.015, 0.25)
+    # exudate clusters). Log-uniform because small lesions are the common ones. Ours: up to
+    # 0.35 (the paper's preset: 0.25), because the edge taper (PerlinConfig.taper) keeps blobs
+    # off the crop border and real haemorrhages reach 700 px at 256 px (30 px across).
+    crop_size: tuple[float, float] = (0.015, 0.35)
     # Crop height/width ratio, drawn log-uniformly (ours: mildly elongated crops; the Perlin
     # mask adds the shape diversity).
     aspect: tuple[float, float] = (0.5, 2.0)
@@ -74,7 +80,7 @@ class GeneratorConfig:
     # (None: the paper's constant). A low alpha fades a lesion into the retina over its outer
     # pixels (W = D / max D at alpha 0), as real haemorrhages and soft exudates do at 256 px;
     # the paper's 0.7 leaves a step of 70 % of the lesion's contrast at its edge.
-    alpha_range: tuple[float, float] | None = None
+    alpha_range: tuple[float, float] | None = (0.0, 0.7)
     # Table 4 ablations. source: "fundus" (paper: normal training images) or "texture" (DRAEM's
     # external texture images, e.g. DTD). blend: "selfmix" (Eq. 4) or "paste" (hard paste, W = 1).
     # mask: "perlin" (P from thresholded Perlin noise) or "crop" (P = the whole crop).
@@ -88,7 +94,7 @@ class GeneratorConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # The lesion's colour relative to the retina it lies on (anomalygen.tone); mode "source" is
     # the paper's (C_s's own colours).
-    tone: ToneConfig = field(default_factory=lambda: ToneConfig(mode="source"))
+    tone: ToneConfig = field(default_factory=ToneConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.alpha_range, list):
@@ -155,6 +161,59 @@ class SyntheticSample:
     # sample's "area" counts M_G). In texture mode source_box is in the texture tiled with
     # np.tile, so it can run past a texture smaller than the crop. "ops" are in applied order.
     meta: dict
+
+
+#: The paper's generator (section 3.3, with DRAEM's values where the paper gives none), every
+#: field that differs from our defaults written out: ``anomalygen render --preset paper``.
+PAPER_GENERATOR = {
+    "lesions": (1, 4),
+    "p_normal": 0.5,
+    "crop_size": (0.015, 0.25),
+    "alpha_range": None,
+    "perlin": {"taper": 0.0},
+    "augment": {"ops": list(OPS)},
+    "tone": {"mode": "source"},
+}
+
+#: Fields added to GeneratorConfig after the first stores were written (anomalygen 0.1.0, whose
+#: generator was the paper's), with the values that reproduce those stores: a store's record
+#: that lacks one is read with this value, never with today's default.
+ADDED_FIELDS = {"alpha_range": None, "perlin": {"taper": 0.0}, "tone": {"mode": "source"}}
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value  # fmt: skip
+    return out
+
+
+#: ``anomalygen render --preset``: our defaults, or the paper's generator.
+GENERATOR_PRESETS = ("default", "paper")
+
+
+def with_changes(base: GeneratorConfig, changes: dict) -> GeneratorConfig:
+    """``base`` with the fields of ``changes`` (a partial ``to_dict`` record, nested dicts
+    merged field by field) replaced."""
+    return from_dict(GeneratorConfig, _merged(to_dict(base), changes))
+
+
+def generator_preset(name: str) -> GeneratorConfig:
+    """``"default"`` (ours) or ``"paper"`` (:data:`PAPER_GENERATOR`)."""
+    if name == "default":
+        return GeneratorConfig()
+    if name == "paper":
+        return with_changes(GeneratorConfig(), PAPER_GENERATOR)
+    raise ConfigError(f"--preset: must be one of {', '.join(GENERATOR_PRESETS)}, got {name!r}")
+
+
+def config_from_record(data: dict) -> GeneratorConfig:
+    """The generator a store or run recorded (``to_dict`` of its config): fields it lacks take
+    the value of :data:`ADDED_FIELDS`, the generator it was made with, not today's default."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"generator: expected a mapping, got {type(data).__name__}")
+    return from_dict(GeneratorConfig, _merged(ADDED_FIELDS, data))
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:

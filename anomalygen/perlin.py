@@ -186,9 +186,9 @@ class PerlinConfig:
     # Ours: the share of each half-side over which P_n fades to zero towards the crop border
     # (see :func:`edge_window`), so that thresholding never cuts a blob along the crop's straight
     # edge: real lesions have no straight edges, and a network learns such edges instead of the
-    # lesion (issue 9; measured in benchmarks/bench_detect.py). 0 is DRAEM's and the paper's
-    # noise, cut by the crop; 1 fades from the centre.
-    taper: float = 0.0
+    # lesion (measured in benchmarks/bench_detect.py). 0 is DRAEM's and the paper's noise, cut
+    # by the crop; 1 fades from the centre. Ours: 0.5.
+    taper: float = 0.5
 
     def __post_init__(self) -> None:
         lo, hi = self.scale_exp

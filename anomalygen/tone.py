@@ -56,7 +56,8 @@ class ToneConfig:
     # B by 0.7 to 0.8 of that (the prepared images' blue channel is dim, ~30 of 255).
     channels: tuple[float, float, float] = (1.0, 1.0, 0.75)
     # k, uniform in this range: how much of C_s's texture the lesion keeps (0: a flat tone).
-    texture: tuple[float, float] = (0.0, 1.0)
+    # Ours: at most half of it (real lesions are nearly uniform at 256 px).
+    texture: tuple[float, float] = (0.0, 0.5)
 
     def __post_init__(self) -> None:
         for name in ("dark", "bright", "texture", "channels"):

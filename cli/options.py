@@ -74,7 +74,7 @@ Lesions = Annotated[
     typer.Option(
         "--lesions",
         metavar="MIN-MAX",
-        help="Lesions per anomalous sample, MIN-MAX (default: 1-4).",
+        help="Lesions per anomalous sample, MIN-MAX (default: 1-12; paper preset: 1-4).",
         rich_help_panel=GENERATOR,
     ),
 ]
@@ -82,7 +82,7 @@ PNormal = Annotated[
     float | None,
     typer.Option(
         "--p-normal",
-        help="Probability that a sample stays normal (default: 0.5).",
+        help="Probability that a sample stays normal (default: 0.2; paper preset: 0.5).",
         rich_help_panel=GENERATOR,
     ),
 ]
@@ -91,7 +91,7 @@ CropFraction = Annotated[
     typer.Option(
         "--crop-fraction",
         metavar="MIN-MAX",
-        help="Lesion crop side as a fraction of the image side, MIN-MAX (default: 0.015-0.25).",
+        help="Lesion crop side as a fraction of the image side, MIN-MAX (default: 0.015-0.35).",
         rich_help_panel=GENERATOR,
     ),
 ]
@@ -99,7 +99,8 @@ Alpha = Annotated[
     float | None,
     typer.Option(
         "--alpha",
-        help="Self-mix scaling factor alpha of Eq. 3 (default: 0.7).",
+        help="Self-mix scaling factor alpha of Eq. 3 for every lesion (default: drawn per "
+        "lesion from 0-0.7; paper preset: 0.7).",
         rich_help_panel=GENERATOR,
     ),
 ]
@@ -124,6 +125,17 @@ MaskKind = Annotated[
     typer.Option(
         "--mask",
         help="Lesion mask: perlin or crop (default: perlin).",
+        rich_help_panel=GENERATOR,
+    ),
+]
+GeneratorPreset = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        metavar="NAME",
+        help="Generator: 'default' (ours: fundus-toned lesions, see README) or 'paper' (the "
+        "paper's section 3.3 exactly); --config and the other generator options change its "
+        "fields.",
         rich_help_panel=GENERATOR,
     ),
 ]

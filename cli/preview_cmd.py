@@ -42,6 +42,7 @@ def preview(
     labels: opt.Labels = None,
     labels_column: opt.LabelsColumn = None,
     where: opt.Where = None,
+    preset: opt.GeneratorPreset = None,
     config: opt.ConfigFile = None,
     lesions: opt.Lesions = None,
     p_normal: opt.PNormal = None,
@@ -85,6 +86,7 @@ def preview(
 
             src = demo_folder()
         gen = generator_config(
+            preset=preset,
             config_file=config,
             lesions=lesions,
             p_normal=p_normal,

@@ -45,6 +45,7 @@ def parse_range(option: str, text: str, kind: type) -> tuple[Any, Any]:
 
 def generator_config(
     *,
+    preset: str | None = None,
     config_file: Path | None = None,
     lesions: str | None = None,
     p_normal: float | None = None,
@@ -54,12 +55,12 @@ def generator_config(
     blend: str | None = None,
     mask: str | None = None,
 ) -> Any:
-    """A ``GeneratorConfig``: from ``config_file`` (JSON, as ``anomalygen info --json`` prints
-    under "generator") or the defaults, with the given options replacing fields."""
-    from anomalygen.config import from_dict
-    from anomalygen.generator import GeneratorConfig
+    """A ``GeneratorConfig``: the ``preset`` (default: ours), then the fields of ``config_file``
+    (JSON, whole or in part, as ``anomalygen info --json`` prints under "generator"), then the
+    given options, each replacing fields of the one before."""
+    from anomalygen.generator import generator_preset, with_changes
 
-    base = GeneratorConfig()
+    base = generator_preset(preset or "default")
     if config_file is not None:
         try:
             data = json.loads(Path(config_file).read_text())
@@ -69,7 +70,9 @@ def generator_config(
             raise ConfigError(f"--config: {config_file} is not valid JSON ({err})") from None
         if isinstance(data, dict) and isinstance(data.get("generator"), dict):
             data = data["generator"]  # the whole `info --json` output works too
-        base = from_dict(GeneratorConfig, data)
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config: {config_file} holds no JSON object")
+        base = with_changes(base, data)
     changes: dict[str, Any] = {}
     if lesions is not None:
         changes["lesions"] = parse_range("--lesions", lesions, int)
@@ -78,6 +81,8 @@ def generator_config(
     for name, value in (("p_normal", p_normal), ("alpha", alpha)):
         if value is not None:
             changes[name] = float(value)
+    if alpha is not None:
+        changes["alpha_range"] = None  # one alpha for every lesion
     for name, value in (("source", source), ("blend", blend), ("mask", mask)):
         if value is not None:
             changes[name] = value
@@ -159,6 +164,7 @@ def render(
     ] = None,
     blend: opt.Blend = None,
     mask: opt.MaskKind = None,
+    preset: opt.GeneratorPreset = None,
     config: opt.ConfigFile = None,
     no_clahe: Annotated[
         bool, typer.Option("--no-clahe", help="Skip CLAHE when preparing the photographs.")
@@ -202,6 +208,7 @@ def render(
     if src is None and not demo:
         fail("--src: missing (a folder or list of normal fundus photographs; or try --demo)")
     gen = generator_config(
+        preset=preset,
         config_file=config,
         lesions=lesions,
         p_normal=p_normal,

@@ -23,6 +23,7 @@ from anomalygen.generator import (
     AnomalyGenerator,
     GeneratorConfig,
     SyntheticSample,
+    generator_preset,
     sample_rng,
 )
 from anomalygen.perlin import PerlinConfig
@@ -43,6 +44,7 @@ TARGET = make_fundus(SIZE, seed=1)
 SOURCE = make_fundus(SIZE, seed=2)
 FOV = disc_fov(SIZE, SIZE)
 ANOMALOUS = GeneratorConfig(p_normal=0.0)
+PAPER = generator_preset("paper")
 
 
 def _digest(sample: SyntheticSample) -> str:
@@ -248,8 +250,13 @@ def test_tiny_crops_respect_the_minimum() -> None:
 
 def test_hard_paste_of_whole_crop_copies_the_source() -> None:
     """Ablation blend=paste, mask=crop, no augmentation: the lesion is the source crop itself."""
-    config = GeneratorConfig(
-        p_normal=0.0, lesions=(1, 1), blend="paste", mask="crop", augment=AugmentConfig(n_ops=0)
+    config = dataclasses.replace(
+        PAPER,
+        p_normal=0.0,
+        lesions=(1, 1),
+        blend="paste",
+        mask="crop",
+        augment=AugmentConfig(n_ops=0),
     )
     for i in range(5):
         sample = AnomalyGenerator(config).generate(TARGET, SOURCE, sample_rng(0, i))
@@ -261,7 +268,8 @@ def test_hard_paste_of_whole_crop_copies_the_source() -> None:
 
 
 def test_self_mix_of_whole_crop_fades_to_its_edge() -> None:
-    config = GeneratorConfig(
+    config = dataclasses.replace(
+        PAPER,
         p_normal=0.0,
         lesions=(1, 1),
         mask="crop",
@@ -286,7 +294,7 @@ def test_texture_source() -> None:
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
     large = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
-    config = GeneratorConfig(p_normal=0.0, source="texture", crop_size=(0.1, 0.3))
+    config = dataclasses.replace(PAPER, p_normal=0.0, source="texture", crop_size=(0.1, 0.3))
     for texture in (small, large):
         for i in range(5):
             sample = AnomalyGenerator(config).generate(
@@ -437,3 +445,23 @@ def test_draw_pair_blocks_share_photographs_but_stay_uniform() -> None:
     assert small == [draw_pair(7, i, sample_rng(7, i), 5) for i in range(200)]
     # texture mode: the source comes from the textures
     assert all(0 <= s < 3 for _, s in (draw_pair(1, i, sample_rng(1, i), n, 3) for i in range(50)))
+
+
+def test_presets_and_records_of_older_stores() -> None:
+    from anomalygen.augment import OPS
+    from anomalygen.generator import ADDED_FIELDS, PAPER_GENERATOR, config_from_record
+
+    paper = generator_preset("paper")
+    assert paper.lesions == (1, 4) and paper.p_normal == 0.5 and paper.alpha_range is None
+    assert paper.tone.mode == "source" and paper.perlin.taper == 0.0
+    assert paper.augment.ops == tuple(OPS)  # the paper's seven
+    assert generator_preset("default") == GeneratorConfig()
+    assert GeneratorConfig().tone.mode == "shift"
+    with pytest.raises(ConfigError, match="--preset"):
+        generator_preset("best")
+    # A record written before the new fields existed reads as the generator it was made with.
+    old = {k: v for k, v in to_dict(paper).items() if k not in ("alpha_range", "tone")}
+    del old["perlin"]["taper"]
+    assert config_from_record(old) == paper
+    assert set(ADDED_FIELDS) <= set(PAPER_GENERATOR)
+    assert config_from_record(to_dict(GeneratorConfig())) == GeneratorConfig()

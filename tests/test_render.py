@@ -133,10 +133,10 @@ def test_parameter_change_is_refused_and_overwrite_starts_over(sources: Path, tm
     out = tmp_path / "p.zarr"
     _render(out, sources, n=8)
     with pytest.raises(StoreError) as err:
-        _render(out, sources, n=8, seed=1, config=GeneratorConfig(p_normal=0.2))
+        _render(out, sources, n=8, seed=1, config=GeneratorConfig(p_normal=0.3))
     message = str(err.value)
     assert "different parameters" in message and "--overwrite" in message
-    assert "seed 0 -> 1" in message and "generator.p_normal 0.5 -> 0.2" in message
+    assert "seed 0 -> 1" in message and "generator.p_normal 0.2 -> 0.3" in message
     assert "\n" not in message
     assert open_store(out).seed == 0  # untouched
 

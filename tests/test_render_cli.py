@@ -146,3 +146,26 @@ def test_info_and_verify_of_a_missing_store(monkeypatch, capsys, tmp_path: Path)
     for command in ("info", "verify"):
         code, _, stderr = run(monkeypatch, capsys, command, str(tmp_path / "none.zarr"))
         assert code == 1 and stderr.startswith("error: ") and "no store there" in stderr
+
+
+def test_generator_presets_and_partial_config(monkeypatch, capsys, src: Path, tmp_path: Path):
+    from anomalygen.generator import GeneratorConfig, generator_preset
+
+    paper = tmp_path / "paper.zarr"
+    code, _, stderr = run(monkeypatch, capsys, "render", "--src", str(src), "--n", "8", "--out",
+                          str(paper), "--preset", "paper", *FAST)  # fmt: skip
+    assert code == 0, stderr
+    assert open_store(paper).config == generator_preset("paper")
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"tone": {"p_dark": 1.0}, "lesions": [2, 2]}))
+    ours = tmp_path / "ours.zarr"
+    code, _, stderr = run(monkeypatch, capsys, "render", "--src", str(src), "--n", "8", "--out",
+                          str(ours), "--config", str(partial), "--alpha", "0.5", *FAST)  # fmt: skip
+    assert code == 0, stderr
+    config = open_store(ours).config
+    assert config.tone.p_dark == 1.0 and config.lesions == (2, 2)  # the file's fields...
+    assert config.tone.mode == GeneratorConfig().tone.mode  # ...over our defaults
+    assert (config.alpha, config.alpha_range) == (0.5, None)  # --alpha: one alpha for all
+    code, _, stderr = run(monkeypatch, capsys, "render", "--src", str(src), "--n", "8", "--out",
+                          str(tmp_path / "x.zarr"), "--preset", "best", *FAST)  # fmt: skip
+    assert code == 1 and "--preset: must be one of default, paper" in stderr

@@ -218,8 +218,7 @@ class RenderSpec:
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> RenderSpec:
         """The spec a store was rendered with; raises :class:`StoreError` if keys are missing."""
-        from anomalygen.config import from_dict
-        from anomalygen.generator import GeneratorConfig  # OpenCV: only when asked for
+        from anomalygen.generator import config_from_record  # OpenCV: only when asked for
 
         try:
             textures = attrs.get("textures")
@@ -230,7 +229,7 @@ class RenderSpec:
                 shard_size=int(attrs["shard_size"]),
                 codec=str(attrs["codec"]),
                 clahe=bool(attrs["clahe"]),
-                generator=from_dict(GeneratorConfig, attrs["generator"]),
+                generator=config_from_record(attrs["generator"]),
                 sources=Listing.from_attrs(attrs["sources"]),
                 textures=Listing.from_attrs(textures) if textures else None,
                 pool_shard_size=int(attrs.get("pool_shard_size", POOL_SHARD_SIZE)),
@@ -251,10 +250,24 @@ def parameter_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> lis
         elif a == b:
             continue
         elif key == "generator" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = _as_recorded(a), _as_recorded(b)
+            if a == b:
+                continue
             out.extend(f"generator.{d}" for d in _dict_differences(a, b))
         else:
             out.append(f"{key} {json.dumps(a)} -> {json.dumps(b)}")
     return out
+
+
+def _as_recorded(generator: dict) -> dict:
+    """A recorded generator config with the fields it predates filled in as it was made."""
+    from anomalygen.config import to_dict
+    from anomalygen.generator import config_from_record
+
+    try:
+        return to_dict(config_from_record(generator))
+    except (ValueError, TypeError):  # ConfigError is a ValueError: compare as recorded
+        return generator
 
 
 def _file_pairs(listing: Mapping[str, Any] | None) -> list[tuple[str, int]]:
