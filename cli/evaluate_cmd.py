@@ -30,6 +30,10 @@ _THRESHOLD = typer.Option(
 )
 _WORKERS = typer.Option("--workers", help="Threads reading and preparing photographs.", min=1)
 _QUIET = typer.Option("--quiet", "-q", help="No progress display.")
+_FLIP = typer.Option(
+    "--flip/--no-flip",
+    help="Test-time augmentation: average each map with that of the mirrored image (2x time).",
+)
 
 
 _SCORING = typer.Option(
@@ -42,7 +46,7 @@ def _stderr(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _load(checkpoint: Path, device: str, scoring: str):  # -> (detector, torch.device)
+def _load(checkpoint: Path, device: str, scoring: str, flip: bool):  # -> (detector, device)
     from resynth_models.devices import resolve_device
 
     if not checkpoint.exists():
@@ -52,7 +56,7 @@ def _load(checkpoint: Path, device: str, scoring: str):  # -> (detector, torch.d
     dev = resolve_device(device)
     from resynth_models.checkpoint import load_detector
 
-    return load_detector(checkpoint, str(dev), scoring=scoring), dev
+    return load_detector(checkpoint, str(dev), scoring=scoring, flip=flip), dev
 
 
 def _baseline(name: str, size: int, device: str):  # -> (baseline detector, torch.device)
@@ -105,6 +109,7 @@ def evaluate(
         int, typer.Option("--overlays", help="Overlays of the best and of the worst images.", min=0)
     ] = 4,
     scoring: Annotated[str, _SCORING] = "localization",
+    flip: Annotated[bool, _FLIP] = False,
     baseline: Annotated[
         str | None,
         typer.Option(
@@ -155,7 +160,7 @@ def evaluate(
         if out is None:
             fail("--baseline needs --out (there is no run folder to write into)")
     else:
-        detector, dev = _load(checkpoint, device, scoring)
+        detector, dev = _load(checkpoint, device, scoring, flip)
     out_dir = out if out is not None else checkpoint / f"eval-{dataset}"
     typer.echo(f"{eval_set.description}", err=True)
     if eval_set.problems:
@@ -224,6 +229,7 @@ def predict(
         ),
     ] = "original",
     scoring: Annotated[str, _SCORING] = "localization",
+    flip: Annotated[bool, _FLIP] = False,
     workers: Annotated[int | None, _WORKERS] = None,
     quiet: Annotated[bool, _QUIET] = False,
 ) -> None:
@@ -236,7 +242,7 @@ def predict(
     from resynth_models.predict import predict as run_predict
 
     find_inputs(inputs)  # bad paths fail before the checkpoint is loaded
-    detector, dev = _load(checkpoint, device, scoring)
+    detector, dev = _load(checkpoint, device, scoring, flip)
     result = run_predict(
         detector,
         inputs,

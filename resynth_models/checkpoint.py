@@ -403,6 +403,8 @@ class Detector:
       photographs were CLAHE-enhanced (paper 4.1), so inputs should be prepared the same way.
     - ``threshold``: the pixel threshold that maximised the balanced accuracy on the run's
       synthetic validation set (stage 2), or None (older runs, reconstruction scoring).
+    - ``flip``: test-time augmentation, the map averaged with that of the left-right mirrored
+      image (a right eye mirrored is a plausible left eye, as in training); twice the cost.
     - :meth:`anomaly_map`: ``x`` (B, 3, H, W) float in [0, 1] -> (B, H, W) scores in [0, 1].
     """
 
@@ -417,9 +419,11 @@ class Detector:
         device: torch.device,
         run_dir: Path | None = None,
         threshold: float | None = None,
+        flip: bool = False,
     ) -> None:
         self.model = model.eval()
         self.threshold = threshold
+        self.flip = flip
         self.size = int(size)
         self.clahe = bool(clahe)
         self.scoring = scoring
@@ -465,6 +469,9 @@ class Detector:
         x = x.contiguous(memory_format=torch.channels_last)
         if self.scoring == "localization":
             maps = self.model.anomaly_map(x)
+            if self.flip:
+                mirrored = self.model.anomaly_map(x.flip(-1)).flip(-1)
+                maps = (maps + mirrored) * 0.5
         else:
             maps = reconstruction_error_map(self.model, x)
         if resized:
@@ -485,13 +492,17 @@ def _describe_progress(run: Path, stage: int) -> str:
 
 
 def load_detector(
-    run_dir: str | os.PathLike, device: str | torch.device = "cpu", scoring: str | None = None
+    run_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    scoring: str | None = None,
+    flip: bool = False,
 ) -> Detector:
     """The trained detector of a run folder, on ``device``, in eval mode.
 
     ``device`` "auto" takes the GPU where there is one. ``scoring`` None picks
     ``"localization"`` (needs ``RUN/stage2.safetensors``); ``"reconstruction"`` scores by the
-    stage-1 reconstruction error (needs ``RUN/stage1.safetensors``). Raises
+    stage-1 reconstruction error (needs ``RUN/stage1.safetensors``); ``flip`` averages each map
+    with that of the mirrored image (:class:`Detector`). Raises
     :class:`CheckpointError` (a ``StoreError``) for a missing, incomplete or unknown-version run
     folder.
     """
@@ -541,6 +552,7 @@ def load_detector(
         device=dev,
         run_dir=run,
         threshold=_threshold(metadata, path) if stage == 2 else None,
+        flip=flip,
     )
 
 

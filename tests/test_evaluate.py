@@ -539,3 +539,16 @@ def test_the_detector_threshold_is_used_unless_given(folder_layout: Path, tmp_pa
                  threshold=7.0)  # fmt: skip
     with pytest.raises(CheckpointError, match="outside"):
         load_detector(run)
+
+
+def test_flip_averages_the_mirrored_map(tmp_path: Path) -> None:
+    from resynth_models.checkpoint import load_detector
+
+    run = make_run(tmp_path / "run")
+    plain, flipped = load_detector(run), load_detector(run, flip=True)
+    x = torch.rand(2, 3, SIZE, SIZE)
+    a = plain.anomaly_map(x)
+    b = plain.anomaly_map(x.flip(-1)).flip(-1)
+    assert not torch.allclose(a, b)  # an untrained network is not mirror-symmetric
+    torch.testing.assert_close(flipped.anomaly_map(x), (a + b) / 2)
+    torch.testing.assert_close(flipped.anomaly_map(x.flip(-1)).flip(-1), flipped.anomaly_map(x))
