@@ -55,27 +55,6 @@ DATA = ROOT.parent / "shared" / "data"
 SIZE = 256
 N = 2560
 
-#: The paper's generator configuration, written out in full so that the row stays the paper's
-#: whatever our defaults become (section 3.3 and DRAEM's values where the paper gives none).
-PAPER_GENERATOR = {
-    "lesions": [1, 4],
-    "crop_size": [0.015, 0.25],
-    "perlin": {"taper": 0.0},
-    "augment": {
-        "n_ops": 3,
-        "ops": [
-            "sharpen",
-            "solarize",
-            "gamma",
-            "hue",
-            "temperature",
-            "autocontrast",
-            "color_shift",
-        ],
-    },
-    "tone": {"mode": "source"},
-}
-
 
 @dataclass(frozen=True)
 class Row:
@@ -88,24 +67,46 @@ class Row:
     train_args: tuple[str, ...] = ()  # to both stages (part of the stage-1 key)
     render_args: tuple[str, ...] = ()
     stage2_args: tuple[str, ...] = ()  # to stage 2 only (stage 1 stays shared)
+    eval_args: tuple[str, ...] = ()  # to `resynth evaluate`
+    reuse: str | None = None  # evaluate this row's run instead of training one
 
+
+IDRID, FUNDUS = "idrid-normal-512", "fundus-normal"
+SEVEN_OPS = ["sharpen", "solarize", "gamma", "hue", "temperature", "autocontrast", "color_shift"]
+#: Ablation rows train stage 2 for this many steps (the preset: 2,500), so that each costs
+#: about 15 minutes; ``ours-short`` is the reference they compare with.
+SHORT = ("--steps", "1000")
 
 MAIN_ROWS = (
-    Row("ours-idrid", "idrid-normal-512", "our defaults, IDRiD normals (the paper's setting)"),
-    Row("ours-fundus", "fundus-normal", "our defaults, normals of other cameras"),
-    Row("paper-idrid", "idrid-normal-512", "the paper's generator (3.3)", PAPER_GENERATOR),
-)
+    Row("ours-idrid", IDRID, "our defaults, IDRiD normals (the paper's setting)"),
+    Row("ours-fundus", FUNDUS, "our defaults, normals of other cameras"),
+    Row("paper-idrid", IDRID, "the paper's generator and network, same CPU schedule",
+        render_args=("--preset", "paper"), stage2_args=("--local-contrast", "none")),
+    Row("ours-idrid-flip", IDRID, "ours-idrid evaluated with --flip", eval_args=("--flip",),
+        reuse="ours-idrid"),
+)  # fmt: skip
 ABLATION_ROWS = (
-    Row(
-        "no-tone", "idrid-normal-512", "ours without the lesion tone", {"tone": {"mode": "source"}}
-    ),
-    Row(
-        "no-taper",
-        "idrid-normal-512",
-        "ours, Perlin mask cut by the crop",
-        {"perlin": {"taper": 0.0}},
-    ),
-)
+    Row("ours-short", IDRID, "our defaults, stage 2 1,000 steps", stage2_args=SHORT),
+    Row("no-local-contrast", IDRID, "E_l without the local contrast",
+        stage2_args=(*SHORT, "--local-contrast", "none")),
+    Row("one-scale", IDRID, "local contrast at 1/32 only",
+        stage2_args=(*SHORT, "--local-contrast", "0.03125")),
+    Row("paper-tone", IDRID, "lesions keep C_s's colours (no tone step)",
+        {"tone": {"mode": "source"}}, stage2_args=SHORT),
+    Row("seven-ops", IDRID, "all seven operations (solarize and hue too)",
+        {"augment": {"ops": SEVEN_OPS}}, stage2_args=SHORT),
+    Row("no-taper", IDRID, "Perlin mask cut by the crop border", {"perlin": {"taper": 0.0}},
+        stage2_args=SHORT),
+    Row("paper-alpha", IDRID, "alpha 0.7 for every lesion", {"alpha_range": None},
+        stage2_args=SHORT),
+    Row("paper-count", IDRID, "1-4 lesions, crops up to 0.25",
+        {"lesions": [1, 4], "crop_size": [0.015, 0.25]}, stage2_args=SHORT),
+    Row("paper-p-normal", IDRID, "half the samples normal", {"p_normal": 0.5}, stage2_args=SHORT),
+    Row("full-texture", IDRID, "lesions keep up to all of C_s's texture",
+        {"tone": {"texture": [0.0, 1.0]}}, stage2_args=SHORT),
+    Row("old-schedule", IDRID, "the previous CPU schedule: 350 steps of 8 per stage",
+        train_args=("--batch-size", "8", "--stage1-steps", "350", "--steps", "350")),
+)  # fmt: skip
 ROWS = {row.name: row for row in MAIN_ROWS + ABLATION_ROWS}
 GROUPS = {"main": [r.name for r in MAIN_ROWS], "ablations": [r.name for r in ABLATION_ROWS]}
 TEST_SETS = {"idrid-512": "idrid-512", "idrid-mini": "idrid-mini"}
@@ -214,11 +215,15 @@ def bench_row(row: Row, out: Path, force: bool) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "log.txt"
     times: dict[str, float] = {}
-    run_dir = train_row(row, folder, out, log, times)
+    if row.reuse is not None:
+        source = bench_row(ROWS[row.reuse], out, force=False)
+        run_dir, times = Path(source["run"]), dict(source["times"])
+    else:
+        run_dir = train_row(row, folder, out, log, times)
     result = {"row": asdict(row), "run": str(run_dir), "times": times, "tests": {}}
     for test in TEST_SETS:
-        metrics, seconds = evaluate(["--checkpoint", str(run_dir)], test, folder / f"eval-{test}",
-                                    log)  # fmt: skip
+        metrics, seconds = evaluate(["--checkpoint", str(run_dir), *row.eval_args], test,
+                                    folder / f"eval-{test}", log)  # fmt: skip
         times[f"eval-{test}"] = seconds
         result["tests"][test] = metrics
     result["validation"] = last_validation(run_dir)
@@ -314,7 +319,7 @@ def main() -> None:
         args.rows = args.try_name
     if args.list:
         for row in ROWS.values():
-            print(f"{row.name:14} {row.normals:18} {row.what}")
+            print(f"{row.name:18} {row.normals:18} {row.what}")
         return
     for needed in ("idrid-512", "idrid-mini", "idrid-normal-512", "fundus-normal"):
         if not (DATA / needed).is_dir():

@@ -46,9 +46,10 @@ def train(
         str | None,
         typer.Option(
             "--preset",
-            help="Network and training defaults: 'default' (a GPU, the paper's schedule) or "
-            "'small' (a CPU: about 35 minutes on 2 cores for a 256 px store). Default: 'default'; "
-            "with --resume, the run's own configuration.",
+            help="Network and training defaults: 'default' (a GPU, the paper's schedule, our "
+            "local contrast), 'paper' (the paper's network and schedule exactly) or 'small' (a "
+            "CPU: under 40 minutes on 2 cores for a 256 px store). Default: 'default'; with "
+            "--resume, the run's own configuration.",
             rich_help_panel=NETWORK,
         ),
     ] = None,
@@ -66,7 +67,11 @@ def train(
     ] = False,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", help="Samples per step and process (preset: 8).", min=1),
+        typer.Option(
+            "--batch-size",
+            help="Samples per step and process (default: per preset; 8, small: 4).",
+            min=1,
+        ),
     ] = None,
     epochs: Annotated[
         float | None,
