@@ -17,7 +17,6 @@ go (the coordinator died; the store was started over).
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from anomalygen.errors import AnomalygenError
+from anomalygen.files import sha256_file
 from anomalygen.render.cache import PoolCache
 from anomalygen.store.format import NORMALS, TEXTURES, RenderSpec
 from anomalygen.store.location import StoreLocation
@@ -162,7 +162,7 @@ class PreparePoolShard:
         for j, file in enumerate(self.files):
             info: dict[str, Any] = {"name": file.name, "bytes": file.bytes, "sha256": None}
             try:
-                info["sha256"] = _sha256(file.path)
+                info["sha256"] = sha256_file(file.path)  # regular files only
                 if fovs is not None:
                     prepared = _prepare_normal(file, size, self.clahe)
                     images[j], fovs[j] = prepared.image, prepared.fov
@@ -193,14 +193,6 @@ def _prepare_texture(file: PoolFile, size: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
     return cv2.resize(rgb, (size, size), interpolation=interp)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _reason(err: BaseException, file: PoolFile) -> str:
