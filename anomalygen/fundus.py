@@ -43,6 +43,7 @@ __all__ = [
     "CLAHE_CLIP_LIMIT",
     "CLAHE_GRID",
     "MAX_PIXELS",
+    "MAX_SIDE",
     "FovParams",
     "PreparedFundus",
     "Square",
@@ -58,6 +59,10 @@ __all__ = [
 #: decoded. It is checked on the header, before decoding. It stays below Pillow's own hard limit
 #: (2 x ``Image.MAX_IMAGE_PIXELS``, about 179 megapixels) so that ours is the check users meet.
 MAX_PIXELS = 150_000_000
+
+#: Largest side a photograph is prepared at (px); the same bound as a store's size
+#: (``anomalygen.store.format.MAX_SIZE``): 48 MiB an image.
+MAX_SIDE = 4096
 
 #: CLAHE settings from the paper (section 4.1: "ClipLimit of 2 and a GridSize of 8").
 CLAHE_CLIP_LIMIT = 2.0
@@ -615,8 +620,8 @@ def prepare_fundus(
 
     Raises :class:`ImageError` ``"<name>: no field of view (...)"`` if none can be found.
     """
-    if not isinstance(size, int | np.integer) or size < 8:
-        raise ConfigError(f"size: must be an integer of at least 8 pixels, got {size!r}")
+    if not isinstance(size, int | np.integer) or not 8 <= size <= MAX_SIDE:
+        raise ConfigError(f"size: must be an integer from 8 to {MAX_SIDE} pixels, got {size!r}")
     rgb = _check_rgb(rgb, name)
     det = _detect(rgb, params or FovParams(), name)
     longest = max(det.bbox[2] - det.bbox[0], det.bbox[3] - det.bbox[1])

@@ -45,6 +45,7 @@ from anomalygen.config import from_dict
 from anomalygen.errors import ConfigError, StoreError
 from resynth_models.devices import resolve_device
 from resynth_models.networks import (
+    MAX_SIDE,
     NetworkConfig,
     ReconstructionNet,
     ReSynthDetect,
@@ -80,6 +81,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 STATE_DIR = "state"
 SCORINGS = ("localization", "reconstruction")
+#: Smallest training side (px) a run config may hold (TrainConfig's own lower bound).
+MIN_TRAIN_SIZE = 8
 
 
 class CheckpointError(StoreError):
@@ -502,6 +505,7 @@ def load_detector(
     if scoring not in SCORINGS:
         raise ConfigError(f"scoring: must be one of {', '.join(SCORINGS)}, got {scoring!r}")
     network = network_config(config, str(run / CONFIG_FILE))
+    size = _training_size(config, run / CONFIG_FILE)  # before anything is sized by it
     stage = 2 if scoring == "localization" else 1
     path = stage_weights_path(run, stage)
     if not path.exists():
@@ -528,10 +532,6 @@ def load_detector(
     model = model.to(dev)
     model = model.to(memory_format=torch.channels_last)
     data = config.get("data", {})
-    try:
-        size = int(data["size"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{run / CONFIG_FILE}: no training size under 'data'") from None
     return Detector(
         model,
         size=size,
@@ -542,6 +542,20 @@ def load_detector(
         run_dir=run,
         threshold=_threshold(metadata, path) if stage == 2 else None,
     )
+
+
+def _training_size(config: Mapping[str, Any], where: Path) -> int:
+    """The side the run trained at (``data.size``), checked before anything is sized by it."""
+    data = config.get("data")
+    size = data.get("size") if isinstance(data, dict) else None
+    if size is None:
+        raise CheckpointError(f"{where}: no training size under 'data'")
+    if type(size) is not int or not MIN_TRAIN_SIZE <= size <= MAX_SIDE:
+        raise CheckpointError(
+            f"{where}: training size data.size {size!r} is not an integer from "
+            f"{MIN_TRAIN_SIZE} to {MAX_SIDE} (a damaged or edited run config)"
+        )
+    return size
 
 
 def _threshold(metadata: dict[str, str], path: Path) -> float | None:

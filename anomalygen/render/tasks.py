@@ -17,6 +17,7 @@ go (the coordinator died; the store was started over).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from anomalygen.errors import AnomalygenError
+from anomalygen.errors import AnomalygenError, ConfigError
 from anomalygen.files import sha256_file
+from anomalygen.progress import format_bytes
 from anomalygen.render.cache import PoolCache
 from anomalygen.store.format import NORMALS, TEXTURES, RenderSpec
 from anomalygen.store.location import StoreLocation
@@ -44,7 +46,10 @@ __all__ = [
     "Task",
     "TaskReport",
     "WorkerState",
+    "check_memory",
+    "physical_memory",
     "run_task",
+    "worker_bytes",
 ]
 
 
@@ -251,6 +256,49 @@ class RenderShard:
         state.guard()
         state.writer.write_samples(self.shard, start, images, masks, targets, sources, metas)
         return TaskReport(samples=len(samples))
+
+
+#: Memory a render worker needs per pixel of one image side squared, besides its cache: the
+#: shard's image and mask buffers (4 bytes a pixel per sample), held twice while zarr encodes
+#: them, and the generator's per-sample float copies (ours: at most ~40 bytes a pixel).
+SHARD_BYTES_PER_PIXEL = 2 * 4
+GENERATOR_BYTES_PER_PIXEL = 40
+
+
+def worker_bytes(size: int, shard_size: int) -> int:
+    """Bytes one render worker needs for one shard of ``shard_size`` images of ``size`` px."""
+    pixels = size * size
+    return shard_size * pixels * SHARD_BYTES_PER_PIXEL + pixels * GENERATOR_BYTES_PER_PIXEL
+
+
+def check_memory(size: int, shard_size: int, workers: int, physical: int | None) -> None:
+    """Refuse, before anything is created, a render whose workers would need more memory for
+    their shard buffers than this machine has (``physical`` bytes; None: unknown, no check)."""
+    if physical is None:
+        return
+    per_worker = worker_bytes(size, shard_size)
+    if per_worker > physical:
+        raise ConfigError(
+            f"--size {size} with --shard-size {shard_size}: a worker needs about "
+            f"{format_bytes(per_worker)} to hold one shard, and this machine has "
+            f"{format_bytes(physical)} of memory; lower --size or --shard-size"
+        )
+    if per_worker * workers > physical:
+        fits = max(1, physical // per_worker)
+        total = format_bytes(per_worker * workers)
+        raise ConfigError(
+            f"--workers {workers}: at --size {size} with --shard-size {shard_size} each worker "
+            f"needs about {format_bytes(per_worker)} for one shard, {total} in all, and this "
+            f"machine has {format_bytes(physical)}; use --workers {fits} or a smaller --shard-size"
+        )
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class ShardRenderer:

@@ -24,6 +24,12 @@ __all__ = [
     "DEFAULT_SHARD_SIZE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_N",
+    "MAX_POOL",
+    "MAX_SEED",
+    "MAX_SHARD_SIZE",
+    "MAX_SIZE",
+    "MIN_SIZE",
     "POOL_SHARD_SIZE",
     "Listing",
     "RenderSpec",
@@ -74,6 +80,22 @@ ZSTD_LEVEL = 1
 DEFAULT_SHARD_SIZE = 64
 #: Slots per pool shard: small, so that phase 1 spreads a few dozen photographs over workers.
 POOL_SHARD_SIZE = 8
+
+# Bounds of the parameters, checked by the renderer before it creates anything and by readers
+# on every store they open (anomalygen.store.schema), before anything is computed from them.
+#: Smallest image side (px): the generator needs room for its crops.
+MIN_SIZE = 32
+#: Largest image side (px): 5x the paper's 768, larger than the prepared side of any fundus
+#: camera's photograph we know of (IDRiD: 4288 x 2848). One image is 48 MiB at 4096 px.
+MAX_SIZE = 4096
+#: Most samples in a store: 500 times the paper's 200,000 (ours).
+MAX_N = 100_000_000
+#: Most samples per shard (a worker holds a whole shard in memory: 3 GiB at 4096 px and 64).
+MAX_SHARD_SIZE = 4096
+#: Most slots in a pool (source photographs or textures): 35 times EyeQ's 28,792 photographs.
+MAX_POOL = 1_000_000
+#: Seeds are unsigned 64-bit integers (numpy's SeedSequence takes any, we record this many).
+MAX_SEED = 2**64 - 1
 #: Pools are stored uncompressed (with checksums), whatever ``--codec`` says: every sample reads
 #: two pool images, and with thousands of source photographs most of those reads miss a worker's
 #: cache. A zstd-compressed normal costs about 12 ms to read at 768 px, an uncompressed one about
@@ -125,7 +147,8 @@ def check_format(where: object, attrs: Mapping[str, Any]) -> None:
             f"{where}: a Zarr group, but not an anomalygen store (no format attribute)"
         )
     version = attrs.get("format_version")
-    if version not in READABLE_VERSIONS:
+    # type(): JSON's true is Python's True, which equals 1.
+    if type(version) is not int or version not in READABLE_VERSIONS:
         from anomalygen import __version__
 
         known = ", ".join(str(v) for v in READABLE_VERSIONS)

@@ -20,14 +20,15 @@ from anomalygen.store.format import (
     MASK,
     META,
     NORMALS,
+    POOL_SHARD_SIZE,
     SAMPLE_ARRAYS,
     SOURCE,
     TARGET,
     TEXTURES,
     RenderSpec,
-    check_format,
 )
 from anomalygen.store.location import StoreLocation, location
+from anomalygen.store.schema import check_attrs
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomalygen.generator import GeneratorConfig
@@ -93,18 +94,36 @@ class SampleStore:
         self._complete: set[int] = set()
         self._pool_slots: dict[str, np.ndarray] = {}
         self.attrs: dict[str, Any] = dict(self.arrays().group.attrs)
-        check_format(self.loc, self.attrs)
-        try:
-            self.size: int = int(self.attrs["size"])
-            self.seed: int = int(self.attrs["seed"])
-            self.shard_size: int = int(self.attrs["shard_size"])
-            self._n: int = int(self.attrs["n"])
-        except (KeyError, TypeError, ValueError):
-            raise StoreError(
-                f"{self.loc}: the store's attributes are incomplete (is a render still "
-                "creating it?)"
-            ) from None
+        check_attrs(self.loc, self.attrs)  # before anything is computed from them
+        self.size: int = self.attrs["size"]
+        self.seed: int = self.attrs["seed"]
+        self.shard_size: int = self.attrs["shard_size"]
+        self._n: int = self.attrs["n"]
         self.n_shards: int = -(-self._n // self.shard_size)
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """The attributes must describe the arrays that are there (the attributes could be
+        another store's, or edited): the sample images, the flags and the normals."""
+        arrays, size = self.arrays(), self.size
+        count = self.attrs["pools"][NORMALS]
+        ps = self.attrs.get("pool_shard_size", POOL_SHARD_SIZE)
+        k = min(self.shard_size, self._n)
+        expected = {
+            IMAGE: ((self._n, size, size, 3), (k, size, size, 3)),
+            DONE: ((self.n_shards,), None),
+            NORMALS: ((count, size, size, 3), (min(ps, max(count, 1)), size, size, 3)),
+        }
+        for name, (shape, shards) in expected.items():
+            arr = arrays[name]
+            found = (tuple(arr.shape), tuple(arr.shards) if arr.shards else None)
+            if found != (shape, shards):
+                raise StoreError(
+                    f"{self.loc}: the attributes (n {self._n}, size {size}, shard_size "
+                    f"{self.shard_size}, {count} normals) disagree with array {name!r} (shape "
+                    f"{found[0]}, shards {found[1]}): the store's zarr.json does not belong to "
+                    "these arrays"
+                )
 
     # pickling: the address only; zarr objects are per process
     def __getstate__(self) -> dict[str, Any]:
@@ -354,5 +373,5 @@ def read_attrs(loc: StoreLocation) -> dict[str, Any] | None:
         names = {key.split("/")[0] for key in loc.list_keys("")} - {"zarr.json"}
         if all(name in ARRAY_NAMES or name.endswith(".partial") for name in names):
             return {}
-    check_format(loc, attrs)
+    check_attrs(loc, attrs)
     return attrs
