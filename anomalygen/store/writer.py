@@ -36,6 +36,7 @@ from anomalygen.store.format import (
     RenderSpec,
     compressors,
     parameter_differences,
+    shard_key,
 )
 from anomalygen.store.location import StoreLocation
 from anomalygen.store.reader import read_attrs
@@ -46,8 +47,13 @@ __all__ = [
     "initial_attrs",
     "now",
     "open_or_create",
+    "refuse_escaping_links",
     "remove_partial_files",
 ]
+
+
+#: The arrays a sample shard writes (its flag last).
+SAMPLE_WRITES = (IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DONE)
 
 
 def now() -> str:
@@ -79,6 +85,7 @@ def open_or_create(
     """Create the store with ``attrs``, or check that the one there was started with the same
     parameters (then resume it). Returns the store's ``store_id`` (None for a store written
     before it existed). The caller holds the render lock."""
+    refuse_escaping_links(loc)
     existing = read_attrs(loc)
     if existing and not overwrite:
         diffs = parameter_differences(existing, spec.to_attrs())
@@ -107,6 +114,19 @@ def open_or_create(
     except OSError as err:
         raise StoreError(f"{loc}: cannot create the store ({one_line(err)})") from None
     return attrs["store_id"]
+
+
+def refuse_escaping_links(loc: StoreLocation) -> None:
+    """Refuse a local store with a link inside that leads out of its folder (``image/c`` linked
+    elsewhere): resuming would write shards there, and clearing it (``--overwrite``) would
+    follow it."""
+    link = loc.escaping_link()
+    if link is not None:
+        key, target = link
+        raise StoreError(
+            f"{loc}: {key} is a link to {target}, outside the store; a render never writes "
+            "through such a link: remove it (or copy the store without links) and run again"
+        )
 
 
 def remove_partial_files(loc: StoreLocation) -> int:
@@ -228,6 +248,7 @@ class StoreWriter:
     def array(self, name: str) -> Any:
         arr = self._arrays.get(name)
         if arr is None:
+            self.loc.check_writable_key(f"{name}/zarr.json")
             # Writers send whole chunks; the empty-chunk test would cost a full compare each.
             arr = self._group[name].with_config({"write_empty_chunks": True})
             self._arrays[name] = arr
@@ -246,6 +267,7 @@ class StoreWriter:
         """Write samples ``start .. start + len(images)`` (shard ``shard``), then its flag."""
         stop = start + len(images)
         sel = slice(start, stop)
+        self._check_links(shard, SAMPLE_WRITES)
         self.array(IMAGE)[sel] = images
         self.array(MASK)[sel] = masks
         self.array(TARGET)[sel] = np.asarray(targets, dtype=np.int32)
@@ -266,11 +288,24 @@ class StoreWriter:
     ) -> None:
         """Write slots ``start .. start + len(infos)`` (pool shard ``shard``), then its flag."""
         sel = slice(start, start + len(infos))
+        names = (pool, f"{pool}_info", f"{pool}_done") + (
+            (f"{pool}_fov",) if fovs is not None else ()
+        )
+        self._check_links(shard, names)
         self.array(pool)[sel] = images
         if fovs is not None:
             self.array(f"{pool}_fov")[sel] = fovs
         self.array(f"{pool}_info")[sel] = np.asarray([_dumps(i) for i in infos], dtype=object)
         self.array(f"{pool}_done")[shard] = 1
+
+    def _check_links(self, shard: int, names: Sequence[str]) -> None:
+        """Before writing shard ``shard`` of arrays ``names``: no object may go through a link
+        out of a local store (one may have been planted since the render started)."""
+        if self.loc.local_path is None:
+            return
+        for name in names:
+            ndim = len(self.array(name).shape)
+            self.loc.check_writable_key(shard_key(name, shard, ndim=ndim))
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
         """Only the coordinator calls this (one writer of the group's ``zarr.json``)."""
