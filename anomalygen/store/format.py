@@ -22,6 +22,8 @@ __all__ = [
     "CODECS",
     "DEFAULT_CODEC",
     "DEFAULT_SHARD_SIZE",
+    "DIGESTS",
+    "DIGESTS_SINCE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MAX_N",
@@ -42,11 +44,16 @@ __all__ = [
 #: The value of the ``format`` attribute that marks a group as an anomalygen store.
 FORMAT_NAME = "anomalygen-store"
 #: The version this code writes; readers refuse any version not in ``READABLE_VERSIONS``.
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+#: Version 2 adds the content digests (``digests``, ``<pool>_digests``) written with every
+#: shard; version-1 stores have none and stay readable.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+#: The first version whose shards carry digests.
+DIGESTS_SINCE = 2
 
 # Array names (see docs/store-format.md). Pools: "<pool>", "<pool>_fov" (normals only),
-# "<pool>_info" (one JSON record per slot) and "<pool>_done" (one flag per pool shard).
+# "<pool>_info" (one JSON record per slot), "<pool>_digests" (version 2) and "<pool>_done"
+# (one flag per pool shard).
 IMAGE = "image"
 MASK = "mask"
 TARGET = "target"
@@ -55,14 +62,16 @@ AREA = "area"
 LESIONS = "lesions"
 META = "meta"
 DONE = "done"
+DIGESTS = "digests"
 #: The arrays that hold the samples themselves (what "bytes per sample" counts; not the pools).
-SAMPLE_ARRAYS = (IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META)
+SAMPLE_ARRAYS = (IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS)
 NORMALS = "normals"
 TEXTURES = "textures"
 POOLS = (NORMALS, TEXTURES)
+POOL_SUFFIXES = ("", "_fov", "_info", "_digests", "_done")
 ARRAY_NAMES = frozenset(
-    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DONE]
-    + [f"{pool}{suffix}" for pool in POOLS for suffix in ("", "_fov", "_info", "_done")]
+    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS, DONE]
+    + [f"{pool}{suffix}" for pool in POOLS for suffix in POOL_SUFFIXES]
 )
 #: The group's metadata object (its attributes live in it).
 GROUP_METADATA = "zarr.json"

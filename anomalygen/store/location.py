@@ -99,6 +99,10 @@ class StoreLocation:
         credentials) are raised as the storage reports them."""
         return _run(_read(self.zarr_store(read_only=True), key))
 
+    def exists(self, key: str) -> bool:
+        """Whether object ``key`` is there."""
+        return bool(_run(_exists(self.zarr_store(read_only=True), key)))
+
     def write(self, key: str, data: bytes) -> None:
         """Write (or replace) object ``key`` whole."""
         _run(_write(self.zarr_store(read_only=False), key, data))
@@ -191,6 +195,13 @@ async def _read(store: Any, key: str) -> bytes | None:
     except FileNotFoundError:  # a local store's folder is missing
         return None
     return None if value is None else value.to_bytes()
+
+
+async def _exists(store: Any, key: str) -> bool:
+    try:
+        return await store.exists(key)
+    except FileNotFoundError:  # a local store's folder is missing
+        return False
 
 
 async def _write(store: Any, key: str, data: bytes) -> None:
