@@ -26,19 +26,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from anomalygen.errors import AnomalygenError, ConfigError
+from anomalygen.errors import AnomalygenError, ConfigError, StoreError
 from anomalygen.files import sha256_file
 from anomalygen.progress import format_bytes
 from anomalygen.render.cache import PoolCache
+from anomalygen.store.digests import MISSING, SAMPLE_COLUMNS, item_digests, pool_columns
 from anomalygen.store.format import NORMALS, TEXTURES, RenderSpec
 from anomalygen.store.location import StoreLocation
 from anomalygen.store.reader import SampleStore
-from anomalygen.store.writer import StoreWriter
+from anomalygen.store.writer import StoreWriter, pool_items, sample_items
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomalygen.generator import GeneratorConfig
 
 __all__ = [
+    "Expected",
     "PoolFile",
     "PreparePoolShard",
     "RenderShard",
@@ -46,6 +48,7 @@ __all__ = [
     "Task",
     "TaskReport",
     "WorkerState",
+    "check_expected",
     "check_memory",
     "physical_memory",
     "run_task",
@@ -142,15 +145,37 @@ class PoolFile:
     bytes: int
 
 
+#: Digests a task must reproduce before it writes (a repair): one row per item of the shard,
+#: one digest per column (``anomalygen.store.digests``), MISSING where none is known.
+Expected = tuple[tuple[int, ...], ...]
+
+
+def check_expected(loc: StoreLocation, what: str, expect: Expected, got: np.ndarray) -> None:
+    """Raise :class:`StoreError` unless every known digest of ``expect`` equals ``got``'s:
+    the shard made again is not the one the store recorded (another anomalygen version,
+    generator or source file), and must not be written in its place."""
+    recorded = np.asarray(expect, dtype=np.uint32).reshape(got.shape)
+    differs = (recorded != MISSING) & (recorded != got)
+    if differs.any():
+        k, column = (int(x) for x in np.argwhere(differs)[0])
+        raise StoreError(
+            f"{loc}: {what} made again differs from what the store recorded (item {k}, "
+            f"column {column}): this anomalygen does not reproduce the store (another version, "
+            "generator or source file?); nothing was written"
+        )
+
+
 @dataclass(frozen=True)
 class PreparePoolShard:
-    """Prepare the files of pool shard ``shard`` of ``pool`` at ``size`` px and write them."""
+    """Prepare the files of pool shard ``shard`` of ``pool`` at ``size`` px and write them;
+    with ``expect`` (a repair), only if they match those digests."""
 
     pool: str
     shard: int
     files: tuple[PoolFile, ...]
     size: int
     clahe: bool
+    expect: Expected | None = None
 
     @property
     def key(self) -> str:
@@ -177,6 +202,10 @@ class PreparePoolShard:
             except Exception as err:  # any unusable file is reported, never fatal here
                 info.update(usable=False, reason=_reason(err, file))
             infos.append(info)
+        if self.expect is not None:
+            items = pool_items(self.pool, images, fovs, infos)
+            got = item_digests(pool_columns(self.pool), items)
+            check_expected(state.loc, f"{self.pool} shard {self.shard}", self.expect, got)
         state.guard()
         state.writer.write_pool(self.pool, self.shard, self.files[0].slot, images, fovs, infos)
         return TaskReport(infos=tuple(infos))
@@ -236,10 +265,12 @@ class SampleSpec:
 
 @dataclass(frozen=True)
 class RenderShard:
-    """Make the samples of shard ``shard`` and write them."""
+    """Make the samples of shard ``shard`` and write them; with ``expect`` (a repair), only if
+    they match those digests."""
 
     shard: int
     spec: SampleSpec
+    expect: Expected | None = None
 
     @property
     def key(self) -> str:
@@ -253,6 +284,10 @@ class RenderShard:
         start = self.shard * self.spec.shard_size
         samples = range(start, min(start + self.spec.shard_size, self.spec.n))
         images, masks, targets, sources, metas = renderer.render(samples, state.cache)
+        if self.expect is not None:
+            items = sample_items(images, masks, targets, sources, metas)
+            got = item_digests(SAMPLE_COLUMNS, items)
+            check_expected(state.loc, f"shard {self.shard}", self.expect, got)
         state.guard()
         state.writer.write_samples(self.shard, start, images, masks, targets, sources, metas)
         return TaskReport(samples=len(samples))
