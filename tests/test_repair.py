@@ -101,6 +101,15 @@ def test_the_cli_repairs_and_says_what(reference: Path, damaged: Path, monkeypat
     assert files(damaged) == files(reference)
 
 
+def test_a_truncated_shard_is_repaired(reference: Path, damaged: Path) -> None:
+    """zarr reads a shard object before replacing it: a truncated one (its index cut off)
+    cannot be read, and is replaced whole."""
+    path = damaged / key("image", 3)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    assert repair_store(str(damaged)).ok
+    assert files(damaged) == files(reference)
+
+
 def test_repair_with_two_workers(reference: Path, damaged: Path) -> None:
     for shard in (0, 2, 3):
         (damaged / key("image", shard)).unlink()

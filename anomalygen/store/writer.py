@@ -362,10 +362,24 @@ class StoreWriter:
         self._check_links(shard, (*names, flag))
         for name, values in items.items():
             text = isinstance(values, list)
-            self.array(name)[sel] = np.asarray(values, dtype=object) if text else values
+            self._assign(name, shard, sel, np.asarray(values, dtype=object) if text else values)
         if self.digests:
-            self.array(digests)[sel] = item_digests(columns, items)
-        self.array(flag)[shard] = 1
+            self._assign(digests, shard, sel, item_digests(columns, items))
+        self._assign(flag, shard, shard, 1)
+
+    def _assign(self, name: str, shard: int, sel: Any, values: Any) -> None:
+        """``array(name)[sel] = values``, the whole of shard ``shard``. zarr reads a shard
+        object before it replaces it (to merge partial writes): a damaged one (a truncated
+        index, a failing CRC32C) cannot be read, so it is deleted and the shard written anew.
+        Storage errors (OSError: a full disk) are raised as they are."""
+        arr = self.array(name)
+        try:
+            arr[sel] = values
+        except OSError:
+            raise
+        except Exception:
+            self.loc.delete(shard_key(name, shard, ndim=len(arr.shape)))
+            arr[sel] = values
 
     def _check_links(self, shard: int, names: Sequence[str]) -> None:
         """Before writing shard ``shard`` of arrays ``names``: no object may go through a link
