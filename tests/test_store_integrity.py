@@ -245,3 +245,13 @@ def test_without_a_render_unflagged_shards_are_problems(copy: Path) -> None:
     finally:
         lock.release()
     assert busy.ok and "1 of 4 shards are still being written" in busy.warnings[0]
+
+
+def test_info_does_not_count_a_lost_area_object_as_zeros(copy: Path) -> None:
+    from anomalygen.store import store_info
+
+    assert store_info(copy)["anomalous_fraction"] > 0
+    (copy / key("area", 2)).unlink()
+    with pytest.raises(StoreError) as err:
+        store_info(copy)
+    assert "sample 8 (shard 2) is damaged: array 'area'" in one_line(err)

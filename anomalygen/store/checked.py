@@ -130,6 +130,15 @@ class CheckedArrays:
         self._check(unit, name, r, values)
         return values
 
+    def whole(self, name: str) -> Any:
+        """All of array ``name`` in one read (to be checked shard by shard with
+        :meth:`check`); a read error is one StoreError line."""
+        return self._read(self.unit(None), name, 0, slice(None))
+
+    def check(self, name: str, r: range, values: Any, pool: str | None = None) -> None:
+        """Check items ``r`` of array ``name``, read elsewhere, against their digests."""
+        self._check(self.unit(pool), name, r, values)
+
     def _read(self, unit: _Unit, name: str, i: int, sel: slice) -> Any:
         try:
             return self.arrays[name][sel]
