@@ -7,13 +7,15 @@
 Families (each prints ``<family>: <passed>/<trials> <what passing means>``):
 
 - ``render kill -9``: ``anomalygen render`` (2 worker processes) killed with SIGKILL at a random
-  time, then the same command run again; the resumed store must equal an uninterrupted render
-  byte for byte (every object; the group attributes but the timestamps and store id).
+  time between the store's creation and the end of an uninterrupted render (the start-up before
+  it, Python's imports, writes nothing), then the same command run again; the resumed store
+  must equal an uninterrupted render byte for byte (every object; the group attributes but the
+  timestamps and store id).
 - ``training kill -9``: ``resynth train`` (tiny networks, checkpoints every 5 steps) killed at a
-  random time, then resumed with ``--resume`` until it completes; both stages' final weights
-  must equal an uninterrupted run's: the tensor data byte for byte and the header's content
-  (safetensors writes its metadata mapping in a different key order in every process, so two
-  uninterrupted runs' files already differ in those bytes).
+  random time after its run folder is created, then resumed with ``--resume`` until it
+  completes; both stages' final weights must equal an uninterrupted run's: the tensor data byte
+  for byte and the header's content (safetensors writes its metadata mapping in a different key
+  order in every process, so two uninterrupted runs' files already differ in those bytes).
 - ``damaged store``: a copy of a rendered store loses an object, gets a flipped byte, a truncated
   or a swapped object, in each array and in the pools; every read must either raise a
   ``StoreError`` or return the undamaged store's data, ``anomalygen verify`` must report it, and
@@ -120,15 +122,40 @@ def kill_group(child: subprocess.Popen) -> None:
         os.killpg(child.pid, signal.SIGKILL)
 
 
-def run_killed(argv: list[str], after: float) -> None:
-    """Start ``argv`` and kill -9 its main process ``after`` seconds later (or let it end);
-    what it started is killed too once it is gone (orphans are not the point here)."""
+def wait_for(child: subprocess.Popen, marker: Path) -> float:
+    """Wait until ``marker`` exists (the command got past its start-up) or ``child`` ends;
+    returns when (monotonic seconds)."""
+    deadline = time.monotonic() + LIMIT_S
+    while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return time.monotonic()
+
+
+def work_seconds(argv: list[str], marker: Path) -> tuple[Ran, float]:
+    """Run ``argv`` to its end: the result, and the seconds from ``marker`` appearing (the
+    store or run folder created: Python and the imports are done) to the end."""
+    t0 = time.monotonic()
+    child = subprocess.Popen(
+        argv, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    started = wait_for(child, marker)
+    out, err = child.communicate(timeout=LIMIT_S)
+    end = time.monotonic()
+    return Ran(child.returncode, out, err, end - t0), end - started
+
+
+def run_killed(argv: list[str], marker: Path, after: float) -> None:
+    """Start ``argv`` and kill -9 its main process ``after`` seconds after ``marker`` appears
+    (or let it end); what it started is killed too once it is gone (orphans are not the
+    point here)."""
     child = subprocess.Popen(
         argv, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
+    started = wait_for(child, marker)
     try:
-        child.wait(timeout=after)
+        child.wait(timeout=max(0.0, after - (time.monotonic() - started)))
     except subprocess.TimeoutExpired:
         os.kill(child.pid, signal.SIGKILL)  # the crash: the main process only
         child.wait()
@@ -217,16 +244,15 @@ class Lab:
     rng: random.Random
     sources: Path = field(init=False)
     reference: Path = field(init=False)
-    render_s: float = field(init=False)
+    render_s: float = field(init=False)  # the reference render, from its store's creation
     run_dir: Path | None = None  # a trained run (the training family's reference)
 
     def __post_init__(self) -> None:
         self.sources = write_sources(self.root / "sources")
         self.reference = self.root / "reference.zarr"
-        ran = run(self.render(self.reference))
+        ran, self.render_s = work_seconds(self.render(self.reference), self.reference / "zarr.json")
         if ran.code != 0:
             raise SystemExit(f"chaos: the reference render failed: {ran.err.strip()}")
-        self.render_s = ran.seconds
 
     def render(self, out: Path, *extra: Any) -> list[str]:
         return command("anomalygen", "render", "--src", self.sources, "--out", out,
@@ -247,13 +273,13 @@ class Lab:
 def render_kills(lab: Lab, trials: int) -> Family:
     family = Family("render kill -9", "byte-identical after resume")
     expected = objects(lab.reference)
-    phases = {"before any shard": 0, "mid-render": 0, "after the last shard": 0}
+    phases = {"before the first shard": 0, "mid-render": 0, "after the last shard": 0}
     for k in range(trials):
         out = lab.root / f"killed-{k}.zarr"
         after = lab.rng.uniform(0.0, lab.render_s)
-        run_killed(lab.render(out), after)
+        run_killed(lab.render(out), out / "zarr.json", after)
         flags = len(list((out / "done" / "c").iterdir())) if (out / "done" / "c").is_dir() else 0
-        phase = "before any shard" if flags == 0 else "mid-render" if flags < 24 else "after"
+        phase = "before the first shard" if flags == 0 else "mid-render" if flags < 24 else "after"
         phases[phase if phase != "after" else "after the last shard"] += 1
         ran = run(lab.render(out))
         failure = f"resume exit {ran.code}: {ran.err.strip()[:200]}" if ran.code != 0 else None
@@ -272,7 +298,7 @@ def training_kills(lab: Lab, trials: int) -> Family:
         return command("resynth", "train", "--data", store, "--out", run_dir, *train_args(), *extra)
 
     reference = lab.root / "run-reference"
-    ran = run(train(reference))
+    ran, work_s = work_seconds(train(reference), reference / "config.json")
     if ran.code != 0:
         family.record("reference run", f"exit {ran.code}: {ran.err.strip()[:300]}")
         return family
@@ -281,9 +307,8 @@ def training_kills(lab: Lab, trials: int) -> Family:
     saved = 0
     for k in range(trials):
         run_dir = lab.root / f"run-killed-{k}"
-        # Python and torch take most of the first seconds to start: kill after that, mostly.
-        after = lab.rng.uniform(0.4, 1.0) * ran.seconds
-        run_killed(train(run_dir), after)
+        after = lab.rng.uniform(0.0, work_s)
+        run_killed(train(run_dir), run_dir / "config.json", after)
         states = list((run_dir / "state").glob("*.json")) if (run_dir / "state").is_dir() else []
         done = (run_dir / "stage2.safetensors").exists()
         saved += bool(states) and not done
