@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "read_image": "anomalygen.fundus",
+    "find_fov": "anomalygen.fundus",
     "prepare_fundus": "anomalygen.fundus",
     "load_fundus": "anomalygen.fundus",
     "PreparedFundus": "anomalygen.fundus",
@@ -24,8 +25,13 @@ _LAZY = {
     "GeneratorConfig": "anomalygen.generator",
     "SyntheticSample": "anomalygen.generator",
     "sample_rng": "anomalygen.generator",
+    "LesionSynthesizer": "anomalygen.synthesizer",
+    "find_sources": "anomalygen.sources",
+    "SourceList": "anomalygen.sources",
+    "demo_folder": "anomalygen.demo",
     "open_store": "anomalygen.store",
     "SampleStore": "anomalygen.store",
+    "export_store": "anomalygen.export",
 }
 
 __all__ = [
@@ -34,11 +40,17 @@ __all__ = [
     "ConfigError",
     "GeneratorConfig",
     "ImageError",
+    "LesionSynthesizer",
     "PreparedFundus",
     "SampleStore",
+    "SourceList",
     "StoreError",
     "SyntheticSample",
     "__version__",
+    "demo_folder",
+    "export_store",
+    "find_fov",
+    "find_sources",
     "load_fundus",
     "open_store",
     "prepare_fundus",
@@ -47,9 +59,19 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from anomalygen.fundus import PreparedFundus, load_fundus, prepare_fundus, read_image
+    from anomalygen.demo import demo_folder
+    from anomalygen.export import export_store
+    from anomalygen.fundus import (
+        PreparedFundus,
+        find_fov,
+        load_fundus,
+        prepare_fundus,
+        read_image,
+    )
     from anomalygen.generator import AnomalyGenerator, GeneratorConfig, SyntheticSample, sample_rng
+    from anomalygen.sources import SourceList, find_sources
     from anomalygen.store import SampleStore, open_store
+    from anomalygen.synthesizer import LesionSynthesizer
 
 
 def __getattr__(name: str) -> Any:

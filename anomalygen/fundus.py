@@ -526,6 +526,57 @@ def apply_square(arr: np.ndarray, square: Square, size: int, *, nearest: bool) -
     return _area_square(arr, square, size)
 
 
+def unapply_square(
+    arr: np.ndarray, square: Square, shape: tuple[int, int], *, nearest: bool
+) -> np.ndarray:
+    """The inverse of :func:`apply_square`: an (size, size[, C]) array in the prepared frame
+    back to the original photograph's (height, width) = ``shape``; zero outside the square.
+
+    Sends what was computed on a prepared image (an anomaly map, a predicted mask) to where it
+    lies in the photograph, at the photograph's resolution. ``nearest=True`` gives each original
+    pixel the prepared pixel its centre falls in (masks, labels; exact for any dtype);
+    ``nearest=False`` interpolates linearly between prepared pixel centres (maps, images;
+    float32 stays float32; dtypes OpenCV cannot resize are returned as float64).
+    """
+    arr = np.asarray(arr)
+    if arr.ndim not in (2, 3) or arr.shape[0] != arr.shape[1]:
+        raise ValueError(f"unapply_square: expected a (size, size[, C]) array, got {arr.shape}")
+    height, width = shape
+    if height < 1 or width < 1 or square.side < 1:
+        raise ValueError(f"unapply_square: empty shape {shape} or square {square}")
+    size = arr.shape[0]
+    if nearest:
+        # original pixel r's centre, r + 1/2, lies in prepared pixel floor((r + 1/2 - y0) * k)
+        def cells(n: int, origin: int) -> tuple[np.ndarray, np.ndarray]:
+            offset = np.arange(n, dtype=np.int64) - origin
+            inside = np.flatnonzero((offset >= 0) & (offset < square.side))
+            return inside, (2 * offset[inside] + 1) * size // (2 * square.side)
+
+        (rows, r_src), (cols, c_src) = cells(height, square.y0), cells(width, square.x0)
+        out = np.zeros((height, width, *arr.shape[2:]), dtype=arr.dtype)
+        if rows.size and cols.size:  # both increase: one block
+            r, c = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+            out[r, c] = arr[r_src][:, c_src]
+        return out
+    if arr.dtype not in _CV_RESIZE_DTYPES:
+        arr = arr.astype(np.float64)
+    # Resizing (size, size) to (side, side) puts output pixel j's centre at prepared coordinate
+    # (j + 1/2) * size / side - 1/2: where apply_square took it from (tested). Then the square is
+    # cut to the photograph (it may overhang it) and placed at (y0, x0).
+    side = square.side
+    top, left = max(0, -square.y0), max(0, -square.x0)
+    bottom, right = min(side, height - square.y0), min(side, width - square.x0)
+    out = np.zeros((height, width, *arr.shape[2:]), dtype=arr.dtype)
+    if bottom <= top or right <= left:
+        return out
+    big = cv2.resize(np.ascontiguousarray(arr), (side, side), interpolation=cv2.INTER_LINEAR)
+    big = big.reshape(side, side, *arr.shape[2:])
+    out[square.y0 + top : square.y0 + bottom, square.x0 + left : square.x0 + right] = big[
+        top:bottom, left:right
+    ]
+    return out
+
+
 def _nearest_square(arr: np.ndarray, square: Square, size: int) -> np.ndarray:
     # Integer arithmetic, so sampling is exact: output i <- y0 + floor((i + 1/2) * side / size).
     centres = (2 * np.arange(size, dtype=np.int64) + 1) * square.side // (2 * size)

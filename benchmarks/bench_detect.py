@@ -1,6 +1,6 @@
 """Detection of REAL lesions: render, train and evaluate on the photographs in ../shared/data.
 
-    python benchmarks/bench_detect.py                        # the main rows (about 1.3 h on 2 cores)
+    python benchmarks/bench_detect.py                        # the main rows (about 1.3 h)
     python benchmarks/bench_detect.py --rows ours-idrid      # one row
     python benchmarks/bench_detect.py --rows ablations       # the ablation rows (several hours)
     python benchmarks/bench_detect.py --run RUN              # evaluate an existing run folder
@@ -85,8 +85,9 @@ class Row:
     normals: str  # folder under ../shared/data
     what: str
     generator: dict = field(default_factory=dict)  # GeneratorConfig fields (JSON) over defaults
-    train_args: tuple[str, ...] = ()
+    train_args: tuple[str, ...] = ()  # to both stages (part of the stage-1 key)
     render_args: tuple[str, ...] = ()
+    stage2_args: tuple[str, ...] = ()  # to stage 2 only (stage 1 stays shared)
 
 
 MAIN_ROWS = (
@@ -182,9 +183,23 @@ def train_row(row: Row, folder: Path, out: Path, log: Path, times: dict) -> Path
         (shared / "seconds.txt").write_text(f"{seconds:.1f}\n")
     times["stage1"] = float((shared / "seconds.txt").read_text())
     run_dir = folder / "run"
-    times["stage2"] = run([*train, "--out", str(run_dir), "--stage", "2", "--stage1-from",
-                           str(shared)], log)  # fmt: skip
+    times["stage2"] = run([*_without(train, row.stage2_args), "--out", str(run_dir), "--stage",
+                           "2", "--stage1-from", str(shared), *row.stage2_args], log)  # fmt: skip
     return run_dir
+
+
+def _without(args: list[str], overrides: tuple[str, ...]) -> list[str]:
+    """``args`` without the options (and their values) that ``overrides`` gives again."""
+    names = {a for a in overrides if a.startswith("--")}
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = not a.startswith("--no-")  # a flag with a value
+        else:
+            out.append(a)
+    return out
 
 
 def bench_row(row: Row, out: Path, force: bool) -> dict:
@@ -283,6 +298,7 @@ def main() -> None:
     parser.add_argument("--generator", type=Path, help="with --try: generator JSON overrides")
     parser.add_argument("--train-args", default="", help="with --try: more `resynth train` flags")
     parser.add_argument("--render-args", default="", help="with --try: more render flags")
+    parser.add_argument("--stage2-args", default="", help="with --try: flags for stage 2 only")
     args = parser.parse_args()
     if args.try_name:
         generator = json.loads(args.generator.read_text()) if args.generator else {}
@@ -293,6 +309,7 @@ def main() -> None:
             generator,
             tuple(args.train_args.split()),
             tuple(args.render_args.split()),
+            tuple(args.stage2_args.split()),
         )
         args.rows = args.try_name
     if args.list:

@@ -1,27 +1,30 @@
-"""The ``anomalygen`` command: render synthetic lesions into stores, preview, inspect, verify."""
+"""The ``anomalygen`` command: render synthetic lesions into stores, preview, inspect, verify,
+export."""
 
 from __future__ import annotations
 
 import typer
 
-from cli.common import run_app
+from anomalygen_cli.common import Command, Group, run_app
 
 app = typer.Typer(
     name="anomalygen",
     help="Fundus-consistent synthetic lesions (ReSynthDetect's anomaly generator), rendered into "
     "sharded Zarr stores.",
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 
 # Each command's parsing lives in its own module; registration order is the order in --help.
-from cli import preview_cmd, render_cmd  # noqa: E402
+from anomalygen_cli import export_cmd, preview_cmd, render_cmd  # noqa: E402
 
-app.command("render")(render_cmd.render)
-app.command("preview")(preview_cmd.preview)
-app.command("info")(render_cmd.info)
-app.command("verify")(render_cmd.verify)
+app.command("render", cls=Command)(render_cmd.render)
+app.command("preview", cls=Command)(preview_cmd.preview)
+app.command("info", cls=Command)(render_cmd.info)
+app.command("verify", cls=Command)(render_cmd.verify)
+app.command("export", cls=Command)(export_cmd.export)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import fail
+from anomalygen_cli.common import fail
 
 DATASETS = ("idrid", "eyeq", "folder")
 
@@ -209,14 +209,29 @@ def predict(
     save_maps: Annotated[
         bool,
         typer.Option(
-            "--save-maps", help="Also write each anomaly map as a 16-bit PNG (value/65535)."
+            "--save-maps",
+            help="Also write each anomaly map as a 16-bit PNG, probability = value/65535, in "
+            "the --frame.",
         ),
     ] = False,
+    frame: Annotated[
+        str,
+        typer.Option(
+            "--frame",
+            metavar="original|square",
+            help="Maps and overlays in the photograph's own geometry and resolution (original) "
+            "or in the prepared square the network sees, at its training size (square).",
+        ),
+    ] = "original",
     scoring: Annotated[str, _SCORING] = "localization",
     workers: Annotated[int | None, _WORKERS] = None,
     quiet: Annotated[bool, _QUIET] = False,
 ) -> None:
-    """Anomaly maps for new photographs: an overlay PNG per image and scores.csv."""
+    """Anomaly maps for new photographs: an overlay PNG per image and scores.csv.
+
+    Maps and overlays are in each photograph's own frame (--frame square: the network's);
+    scores are computed in the prepared square at the training size, as in training.
+    """
     from resynth_models.predict import find_inputs
     from resynth_models.predict import predict as run_predict
 
@@ -231,6 +246,7 @@ def predict(
         threshold=threshold,
         save_maps=save_maps,
         progress=not quiet,
+        frame=frame,
         workers=workers,
         log=_stderr if quiet else None,
     )

@@ -68,11 +68,12 @@ Where = Annotated[
     ),
 ]
 
-# --- generator (GeneratorConfig fields; cli.render_cmd.generator_config applies them) -------
+# --- generator (GeneratorConfig fields; render_cmd.generator_config applies them) -----------
 Lesions = Annotated[
     str | None,
     typer.Option(
         "--lesions",
+        metavar="MIN-MAX",
         help="Lesions per anomalous sample, MIN-MAX (default: 1-4).",
         rich_help_panel=GENERATOR,
     ),
@@ -89,6 +90,7 @@ CropFraction = Annotated[
     str | None,
     typer.Option(
         "--crop-fraction",
+        metavar="MIN-MAX",
         help="Lesion crop side as a fraction of the image side, MIN-MAX (default: 0.015-0.25).",
         rich_help_panel=GENERATOR,
     ),
@@ -129,7 +131,8 @@ ConfigFile = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="Generator config JSON (the options above override it).",
+        help='Generator config JSON, as `anomalygen info --json` prints it under "generator" '
+        "(the other generator options override its fields).",
         rich_help_panel=GENERATOR,
     ),
 ]

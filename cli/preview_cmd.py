@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cli import options as opt
-from cli.common import fail
-from cli.render_cmd import generator_config
+from anomalygen_cli import options as opt
+from anomalygen_cli.common import fail
+from anomalygen_cli.render_cmd import generator_config
 
 
 def preview(
@@ -23,7 +23,9 @@ def preview(
     n: Annotated[int, typer.Option("--n", help="Number of samples to draw.", min=1)] = 16,
     indices: Annotated[
         str | None,
-        typer.Option("--indices", help="Store samples to draw, e.g. 0,5,17 or 100-115."),
+        typer.Option(
+            "--indices", metavar="LIST", help="Store samples to draw, e.g. 0,5,17 or 100-115."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Live preview: sample k uses (seed, k).")] = 0,
     size: Annotated[

@@ -18,8 +18,8 @@ import typer
 from anomalygen.errors import ConfigError
 from anomalygen.render import DEFAULT_CACHE_MB
 from anomalygen.store import DEFAULT_CODEC, DEFAULT_SHARD_SIZE
-from cli import options as opt
-from cli.common import EXIT_INTERRUPTED, fail
+from anomalygen_cli import options as opt
+from anomalygen_cli.common import EXIT_INTERRUPTED, fail
 
 STORE = "Store"
 
@@ -120,7 +120,10 @@ def render(
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 768,
     seed: Annotated[int, typer.Option("--seed", help="Sample i depends on (seed, i) only.")] = 0,
     workers: Annotated[
-        str, typer.Option("--workers", help="Worker processes, or 'auto' (one per CPU).")
+        str,
+        typer.Option(
+            "--workers", metavar="N|auto", help="Worker processes, or 'auto' (one per CPU)."
+        ),
     ] = "auto",
     shard_size: Annotated[
         int,

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import run_app
+from anomalygen_cli.common import Command, Group, run_app
 
 app = typer.Typer(
     name="resynth",
     help="Train and run ReSynthDetect (reconstruction features + localisation network).",
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 
 # Each command's parsing lives in its own module; registration order is the order in --help.
-from cli import evaluate_cmd, train_cmd  # noqa: E402
+from anomalygen_cli import evaluate_cmd, train_cmd  # noqa: E402
 
-app.command("train")(train_cmd.train)
-app.command("evaluate")(evaluate_cmd.evaluate)
-app.command("predict")(evaluate_cmd.predict)
+app.command("train", cls=Command)(train_cmd.train)
+app.command("evaluate", cls=Command)(evaluate_cmd.evaluate)
+app.command("predict", cls=Command)(evaluate_cmd.predict)
 
 
 def main() -> None:

@@ -5,18 +5,31 @@ torch is imported inside the command, so ``resynth --help`` stays fast.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 import typer
 
-from cli import options as opt
-from cli.common import EXIT_INTERRUPTED
+from anomalygen_cli import options as opt
+from anomalygen_cli.common import EXIT_INTERRUPTED, fail
 
 SCHEDULE = "Schedule"
 NETWORK = "Network"
 HARDWARE = "Hardware"
 RUN = "Run folder"
 VALIDATION = "Validation and logging"
+
+
+def _scales(text: str | None) -> tuple[float, ...] | None:
+    """``--local-contrast``: "0.03125,0.1" -> (0.03125, 0.1); "none" -> ()."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("none", "off", "0", ""):
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        fail(f"--local-contrast: expected numbers separated by commas or 'none', got {text!r}")
 
 
 def train(
@@ -26,21 +39,31 @@ def train(
     out: Annotated[str, typer.Option("--out", help="Run folder to write (or resume).")],
     storage_option: opt.StorageOption = None,
     stage: Annotated[
-        str, typer.Option("--stage", help="1 (reconstruction), 2 (localisation) or all.")
-    ] = "all",
+        str | None,
+        typer.Option("--stage", help="1 (reconstruction), 2 (localisation) or all (default: all)."),
+    ] = None,
     preset: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--preset",
-            help="Network and training defaults: 'default' (GPU, 768 px, the paper's schedule) "
-            "or 'small' (CPU, 256 px, about 35 minutes on 2 cores).",
+            help="Network and training defaults: 'default' (a GPU, the paper's schedule) or "
+            "'small' (a CPU: about 35 minutes on 2 cores for a 256 px store). Default: 'default'; "
+            "with --resume, the run's own configuration.",
             rich_help_panel=NETWORK,
         ),
-    ] = "default",
+    ] = None,
     size: Annotated[
         int | None,
-        typer.Option("--size", help="Training side in pixels (default: the store's).", min=8),
+        typer.Option(
+            "--size",
+            help="Training side in pixels (default: the store's; above it only with --upsample).",
+            min=8,
+        ),
     ] = None,
+    upsample: Annotated[
+        bool,
+        typer.Option("--upsample", help="Allow a --size above the store's (enlarges the samples)."),
+    ] = False,
     batch_size: Annotated[
         int | None,
         typer.Option("--batch-size", help="Samples per step and process (preset: 8).", min=1),
@@ -141,6 +164,16 @@ def train(
     loc_depth: Annotated[
         int | None, typer.Option("--loc-depth", help="E_l/D_l levels.", rich_help_panel=NETWORK)
     ] = None,
+    local_contrast: Annotated[
+        str | None,
+        typer.Option(
+            "--local-contrast",
+            metavar="LIST",
+            help="E_l also sees the image's local contrast at these background-blur sigmas, "
+            "fractions of the side, e.g. 0.03125,0.1 ('none': off; default: per preset).",
+            rich_help_panel=NETWORK,
+        ),
+    ] = None,
     stage1_from: Annotated[
         str | None,
         typer.Option(
@@ -220,7 +253,8 @@ def train(
         bool,
         typer.Option(
             "--resume",
-            help="Continue the run in --out from its last checkpoint.",
+            help="Continue the run in --out from its last checkpoint, with its configuration "
+            "(options given again must match it).",
             rich_help_panel=RUN,
         ),
     ] = False,
@@ -238,13 +272,13 @@ def train(
 
     Stage 1: the reconstruction autoencoder E_r/D_r on the store's normal photographs (L2).
     Stage 2: the localisation network on the synthetic lesions, fed the frozen E_r's features
-    (focal loss). Resumable: after an interruption run the same command with --resume.
-    Several GPUs: torchrun --nproc_per_node N -m cli.resynth_cli train ...
+    (focal loss). Resumable: after an interruption, resynth train --data STORE --out RUN
+    --resume. Several GPUs: torchrun --nproc_per_node N -m anomalygen_cli.resynth_cli train ...
     """
     from anomalygen.store import parse_storage_options
     from resynth_models.data import NO_AUGMENT
     from resynth_models.photometric import PhotometricConfig
-    from resynth_models.train import TrainingInterrupted, make_configs
+    from resynth_models.train import TrainingInterrupted, make_configs, resume_configs
     from resynth_models.train import train as run_train
 
     network = {
@@ -255,14 +289,19 @@ def train(
             "rec_depth": rec_depth,
             "loc_width": loc_width,
             "loc_depth": loc_depth,
+            "local_contrast": _scales(local_contrast),
         }.items()
         if v is not None
     }
-    train_config, network_config = make_configs(
-        preset,
+    if resume and preset is None:  # the run's own configuration, with the options given again
+        configs = functools.partial(resume_configs, out)
+    else:
+        configs = functools.partial(make_configs, preset or "default")
+    train_config, network_config = configs(
         network,
         stage=stage,
         size=size,
+        upsample=upsample or None,
         batch_size=batch_size,
         epochs=epochs,
         steps=steps,
@@ -300,6 +339,8 @@ def train(
     except TrainingInterrupted as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if result.rank != 0:  # under torchrun, rank 0 alone reports
+        return
     if quiet:
         for note in result.notes:
             typer.echo(f"note: {note}", err=True)

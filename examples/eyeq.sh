@@ -42,7 +42,8 @@ anomalygen render --src "$EYEQ/train" --labels "$EYEQ/Label_EyeQ_train.csv" \
   --workers "$WORKERS" --seed 0 --report "$OUT/render-skipped.txt"
 
 # 2. Stage 1 (E_r/D_r on the normals) then stage 2 (localisation on the synthetic lesions),
-#    the paper's schedule. Several GPUs: torchrun --nproc_per_node N -m cli.resynth_cli train ...
+#    the paper's schedule. Several GPUs:
+#    torchrun --nproc_per_node N -m anomalygen_cli.resynth_cli train ...
 resynth train --data "$OUT/synth.zarr" --out "$OUT/run" --device "$DEVICE" --resume \
   "${EPOCH_ARGS[@]}" "${EXTRA_TRAIN[@]}"
 

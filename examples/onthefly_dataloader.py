@@ -23,6 +23,9 @@ Run it (CPU, a few seconds)::
 It checks that 0 and ``--workers`` workers give identical batches, times a few epochs, and writes
 a contact sheet of one batch (lesions outlined in green) to ``--out``.
 
+Where a Dataset brings its own images, ``anomalygen.LesionSynthesizer`` does the same in one call
+per image (``synth(image, index=i)``), drawing the lesion source from a pool of its own.
+
 When to pre-render instead (``anomalygen render``): the generator costs a few ms per 768 px
 sample, so on the fly it suits small sets and CPU-bound experiments; a store decouples the
 generator from the GPU, is shared by many runs, and is byte-identical from run to run.
@@ -39,9 +42,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from anomalygen import AnomalyGenerator, GeneratorConfig, load_fundus, sample_rng
-from anomalygen.errors import ImageError
-from anomalygen.sources import find_sources
+from anomalygen import (
+    AnomalyGenerator,
+    GeneratorConfig,
+    ImageError,
+    demo_folder,
+    find_sources,
+    load_fundus,
+    sample_rng,
+)
 
 
 class OnTheFlyLesions(Dataset):
@@ -143,8 +152,6 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.src is None:
-        from anomalygen.demo import demo_folder
-
         args.src = demo_folder()  # two CC0 photographs (scikit-image's retina and its mirror)
     dataset = OnTheFlyLesions(args.src, size=args.size, seed=args.seed, repeats=args.repeats)
     print(

@@ -4,13 +4,21 @@
     result = predict(detector, ["new_photos/", "one.jpg"], "predictions", device=device)
 
 Each photograph is prepared exactly as in training (:func:`anomalygen.fundus.prepare_fundus`
-with the detector's size and CLAHE setting: crop to the field of view (FOV), resize, CLAHE), so
-the maps and overlays are in the prepared image's square frame. Outside the FOV the map is 0.
+with the detector's size and CLAHE setting: crop to the field of view (FOV), resize, CLAHE) and
+scored there. The maps and overlays are then written in ``frame``:
+
+- ``"original"`` (default): the photograph's own geometry and resolution. The map is sent back
+  through the FOV crop, padding and resize (:func:`anomalygen.fundus.unapply_square`, linear
+  between the network's pixels) and drawn over the photograph as it was read (no CLAHE);
+- ``"square"``: the prepared square the network sees, at the detector's size.
+
+Outside the FOV the map is 0. The scores (``scores.csv``, captions) are those of the prepared
+square, whatever the frame: the image score is the paper's, at the resolution it was trained at.
 
 Writes into ``out_dir``:
 
-- ``overlays/<name>.png``: the prepared photograph and the heat-map overlay side by side, with the
-  image score written above (``<name>`` mirrors the input's path under a given folder);
+- ``overlays/<name>.png``: the photograph and the heat-map overlay side by side, with the image
+  score written above (``<name>`` mirrors the input's path under a given folder);
 - ``maps/<name>.png`` with ``save_maps``: the anomaly map as a 16-bit greyscale PNG,
   probability = value / 65535;
 - ``scores.csv``: one row per photograph (see :data:`CSV_COLUMNS`).
@@ -32,7 +40,7 @@ import numpy as np
 import torch
 
 from anomalygen.errors import AnomalygenError, ConfigError
-from anomalygen.fundus import PreparedFundus, load_fundus
+from anomalygen.fundus import PreparedFundus, prepare_fundus, read_image, unapply_square
 from anomalygen.progress import Progress
 from anomalygen.sources import IMAGE_SUFFIXES, find_sources
 from resynth_models import overlay as draw
@@ -46,7 +54,16 @@ from resynth_models.evaluate import (
 )
 from resynth_models.metrics import image_score
 
-__all__ = ["CSV_COLUMNS", "InputImage", "Prediction", "PredictionResult", "find_inputs", "predict"]
+__all__ = [
+    "CSV_COLUMNS",
+    "FRAMES",
+    "InputImage",
+    "Prediction",
+    "PredictionResult",
+    "find_inputs",
+    "in_frame",
+    "predict",
+]
 
 CSV_COLUMNS = (
     "file", "score", "max_prob", "mean_prob", "area_above_threshold", "pixels_above_threshold",
@@ -55,12 +72,22 @@ CSV_COLUMNS = (
 
 #: Rendered overlays waiting to be written, at most (bounds memory while PNG encoding lags).
 MAX_PENDING_WRITES = 8
+#: Where maps and overlays are drawn: the photograph's own frame, or the prepared square.
+FRAMES = ("original", "square")
 
 
 @dataclass(frozen=True)
 class InputImage:
     name: str  # relative name (POSIX): the file name, or its path under a given folder
     path: Path
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A photograph as read (``original``: None for the square frame) and as prepared."""
+
+    prepared: PreparedFundus
+    original: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -144,19 +171,30 @@ def _output_name(name: str) -> str:
     return str(p.with_suffix("")) if p.suffix.lower() in IMAGE_SUFFIXES else name
 
 
+def in_frame(loaded: Loaded, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, fov, map)`` to draw: the prepared square's, or with ``loaded.original`` the
+    photograph as read with the map sent back to its geometry (zero outside its FOV)."""
+    prepared = loaded.prepared
+    if loaded.original is None:
+        return prepared.image, prepared.fov, prob
+    shape = loaded.original.shape[:2]
+    fov = unapply_square(prepared.fov, prepared.square, shape, nearest=True)
+    back = unapply_square(prob.astype(np.float32), prepared.square, shape, nearest=False)
+    back[fov == 0] = 0.0
+    return loaded.original, fov, np.clip(back, 0.0, 1.0)
+
+
 def prediction_panel(
-    prepared: PreparedFundus, prob: np.ndarray, name: str, score: float, threshold: float
+    image: np.ndarray, fov: np.ndarray, prob: np.ndarray, row: Prediction, threshold: float
 ) -> np.ndarray:
-    """The picture written for one photograph: prepared photograph | heat map with colour bar,
-    a caption with the name and scores above."""
-    fov = prepared.fov.astype(bool)
-    heat = draw.heatmap_overlay(prepared.image, prob, fov, with_colorbar=True)
-    above = float(np.count_nonzero(prob[fov] >= threshold)) / max(1, int(fov.sum()))
+    """The picture written for one photograph: photograph | heat map with colour bar, a caption
+    with the name and the row's scores above."""
+    heat = draw.heatmap_overlay(image, prob, fov.astype(bool), with_colorbar=True)
     text = (
-        f"{name}  score {score:.3f}  max {float(prob[fov].max()):.3f}  "
-        f"area >= {threshold:g}: {100 * above:.2f}%"
+        f"{row.name}  score {row.score:.3f}  max {row.max_prob:.3f}  "
+        f"area >= {threshold:g}: {100 * row.area_above:.2f}%"
     )
-    return draw.caption(draw.side_by_side([prepared.image, heat]), text)
+    return draw.caption(draw.side_by_side([image, heat]), text)
 
 
 def predict(
@@ -169,6 +207,7 @@ def predict(
     save_maps: bool = False,
     progress: bool = True,
     *,
+    frame: str = "original",
     workers: int | None = None,
     amp: bool = True,
     log: Callable[[str], None] | None = None,
@@ -177,11 +216,14 @@ def predict(
 
     ``threshold`` is used for the "area above threshold" columns and the caption (None: the
     detector's own, see :func:`~resynth_models.evaluate.own_threshold`); ``save_maps``
-    also writes the raw map (16-bit PNG); ``workers`` loader threads read and prepare
-    photographs ahead of the network; ``amp``: bf16 autocast on CUDA.
+    also writes the raw map (16-bit PNG); ``frame``: "original" or "square" (module
+    docstring); ``workers`` loader threads read and prepare photographs ahead of the network;
+    ``amp``: bf16 autocast on CUDA.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if frame not in FRAMES:
+        raise ConfigError(f"--frame: must be one of {', '.join(FRAMES)}, got {frame!r}")
     threshold = own_threshold(detector) if threshold is None else threshold
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
@@ -194,8 +236,10 @@ def predict(
     skipped: list[dict[str, str]] = []
     pending: list[Future] = []
 
-    def load(item: InputImage) -> PreparedFundus:
-        return load_fundus(item.path, size=detector.size, clahe=detector.clahe)
+    def load(item: InputImage) -> Loaded:
+        rgb = read_image(item.path)
+        prepared = prepare_fundus(rgb, detector.size, detector.clahe, name=str(item.path))
+        return Loaded(prepared, rgb if frame == "original" else None)
 
     def write(path: Path, picture: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,9 +247,10 @@ def predict(
             raise AnomalygenError(f"cannot write {path}")
 
     def draw_and_write(
-        prepared: PreparedFundus, prob: np.ndarray, row: Prediction, writer: ThreadPoolExecutor
+        loaded: Loaded, prob: np.ndarray, row: Prediction, writer: ThreadPoolExecutor
     ) -> None:
-        panel = prediction_panel(prepared, prob, row.name, row.score, threshold)
+        image, fov, prob = in_frame(loaded, prob)
+        panel = prediction_panel(image, fov, prob, row, threshold)
         pending.append(writer.submit(write, out / row.overlay, panel[..., ::-1].copy()))
         if row.map is not None:
             levels = np.rint(prob * 65535.0).astype(np.uint16)
@@ -213,12 +258,10 @@ def predict(
         while len(pending) > MAX_PENDING_WRITES:
             pending.pop(0).result()
 
-    def score_batch(
-        batch: list[tuple[InputImage, PreparedFundus]], writer: ThreadPoolExecutor
-    ) -> None:
-        maps = anomaly_maps(detector, [p.image for _, p in batch], device, amp)
-        for (item, prepared), prob in zip(batch, maps, strict=True):
-            fov = prepared.fov.astype(bool)
+    def score_batch(batch: list[tuple[InputImage, Loaded]], writer: ThreadPoolExecutor) -> None:
+        maps = anomaly_maps(detector, [p.prepared.image for _, p in batch], device, amp)
+        for (item, loaded), prob in zip(batch, maps, strict=True):
+            fov = loaded.prepared.fov.astype(bool)
             prob[~fov] = 0.0
             inside = prob[fov]
             above = int(np.count_nonzero(inside >= threshold))
@@ -236,21 +279,21 @@ def predict(
                 map=f"maps/{stem}.png" if save_maps else None,
             )
             rows.append(row)
-            draw_and_write(prepared, prob, row, writer)
+            draw_and_write(loaded, prob, row, writer)
 
     start = time.perf_counter()
     bar = Progress(len(images), description="predict", unit="images", enabled=progress)
     report = log if log is not None else bar.log
     with bar, ThreadPoolExecutor(max_workers=2, thread_name_prefix="resynth-write") as writer:
-        batch: list[tuple[InputImage, PreparedFundus]] = []
-        for item, prepared, error in prefetch(images, load, workers):
+        batch: list[tuple[InputImage, Loaded]] = []
+        for item, loaded, error in prefetch(images, load, workers):
             if error is not None:
                 reason = str(error).replace(str(item.path), "").strip(" :") or type(error).__name__
                 skipped.append({"name": item.name, "reason": reason})
                 report(f"skipped {item.name}: {reason}")
                 bar.advance(1)
                 continue
-            batch.append((item, prepared))
+            batch.append((item, loaded))
             if len(batch) == batch_size:
                 score_batch(batch, writer)
                 bar.advance(len(batch))

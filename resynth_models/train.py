@@ -1,9 +1,9 @@
 """Two-stage training of ReSynthDetect from an anomalygen store: a plain torch loop.
 
     resynth train --data synth.zarr --out runs/exp1                  # both stages (GPU, 768 px)
-    resynth train --data synth.zarr --out runs/cpu --preset small    # 2-core CPU, 256 px
+    resynth train --data small.zarr --out runs/cpu --preset small    # 2-core CPU, 256 px store
     resynth train --data synth.zarr --out runs/exp1 --resume         # after an interruption
-    torchrun --nproc_per_node 4 -m cli.resynth_cli train --data synth.zarr --out runs/ddp
+    torchrun --nproc_per_node 4 -m anomalygen_cli.resynth_cli train --data synth.zarr --out runs/ddp
 
 Stage 1 (paper 3.1): the autoencoder E_r/D_r (:class:`ReconstructionNet`) learns to reconstruct
 the store's normal photographs with the L2 loss of Eq. 1. Stage 2 (paper 3.2): the localisation
@@ -56,6 +56,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from anomalygen.config import to_dict
+from anomalygen.config import from_dict, to_dict
 from anomalygen.errors import AnomalygenError, ConfigError, StoreError
 from anomalygen.progress import Progress
 from resynth_models import checkpoint as ckpt
@@ -107,8 +108,11 @@ __all__ = [
     "learning_rate",
     "make_configs",
     "parse_duration",
+    "resource_notes",
+    "resume_configs",
     "train",
     "train_step",
+    "training_size",
 ]
 
 STAGES = ("1", "2", "all")
@@ -123,6 +127,7 @@ class TrainConfig:
 
     stage: str = "all"  # "1", "2" or "all" (1 then 2; stage 1 is skipped when not needed)
     size: int | None = None  # training side in pixels; None: the store's (paper: 768)
+    upsample: bool = False  # allow a size above the store's (the samples are enlarged)
     batch_size: int = 8  # per process (ours: 768 px, depth 6, width 32 fit a 24 GB GPU in bf16)
     epochs: float | None = 300.0  # per stage; 1 epoch = len(store.normals) samples (ours: the
     #                               paper gives only the warm-up; 50 warm-up + 250 cosine epochs)
@@ -205,7 +210,6 @@ class TrainConfig:
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "small": {
-        "size": 256,
         "batch_size": 8,
         "epochs": None,
         "steps": 350,
@@ -248,9 +252,38 @@ def make_configs(
     """
     if preset not in PRESETS or preset not in TRAIN_PRESETS:
         raise ConfigError(f"--preset: unknown preset {preset!r}; choose {', '.join(PRESETS)}")
+    return _configs(TRAIN_PRESETS[preset], train, PRESETS[preset], network)
+
+
+def resume_configs(
+    run: str | os.PathLike, network: dict[str, Any] | None = None, **train: Any
+) -> tuple[TrainConfig, NetworkConfig]:
+    """The configs the run in ``run`` was started with (its config.json), with the given fields
+    replaced as :func:`make_configs` replaces a preset's: what ``--resume`` without ``--preset``
+    trains with, so that only the options given again are compared with the run's. A folder
+    without a run gives the default preset's (there is nothing to resume)."""
+    path = Path(run) / ckpt.CONFIG_FILE
+    if not path.is_file():
+        return make_configs("default", network, **train)
+    saved = ckpt.read_run_config(run)
+    try:
+        base = from_dict(TrainConfig, saved.get("train", {}))
+    except ConfigError as err:
+        raise ckpt.CheckpointError(f"{path}: no usable training config ({err})") from None
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    return _configs(fields, train, ckpt.network_config(saved, str(path)), network)
+
+
+def _configs(
+    fields: dict[str, Any],
+    train: dict[str, Any],
+    base_network: NetworkConfig,
+    network: dict[str, Any] | None,
+) -> tuple[TrainConfig, NetworkConfig]:
+    """``fields`` with the given (non-None) ``train`` fields, ``base_network`` with ``network``."""
     if train.get("steps") is not None and train.get("epochs") is not None:
         raise ConfigError("--epochs and --steps: give one of them, not both")
-    fields = dict(TRAIN_PRESETS[preset])
+    fields = dict(fields)
     if train.get("steps") is not None:
         fields["epochs"] = None
     if train.get("epochs") is not None:
@@ -263,10 +296,53 @@ def make_configs(
     except TypeError as err:
         raise ConfigError(f"training option: {err}") from None
     try:
-        network_config = dataclasses.replace(PRESETS[preset], **(network or {}))
+        network_config = dataclasses.replace(base_network, **(network or {}))
     except TypeError as err:
         raise ConfigError(f"network option: {err}") from None
     return train_config, network_config
+
+
+def training_size(config: TrainConfig, store_size: int) -> int:
+    """The side to train at: ``config.size``, or the store's when None. A side above the store's
+    would enlarge every sample (no new detail, blurred lesion edges): refused unless
+    ``config.upsample``."""
+    if config.size is None:
+        return store_size
+    if config.size > store_size and not config.upsample:
+        raise ConfigError(
+            f"--size {config.size}: above the store's {store_size} px, so every sample would be "
+            f"enlarged; render the store at {config.size}, train at --size {store_size} or "
+            "below, or pass --upsample"
+        )
+    return config.size
+
+
+def resource_notes(
+    config: TrainConfig, network: NetworkConfig, device: torch.device, cpus: int | None = None
+) -> list[str]:
+    """What to say once before training on this machine: the default preset on a CPU (sized
+    for a GPU), and more DataLoader processes than CPUs (torch would warn at every loader)."""
+    notes = []
+    if device.type == "cpu" and network == PRESETS["default"]:
+        notes.append(
+            "the default preset is sized for a GPU (widths 32, depth 6, the paper's 300 epochs): "
+            "on a CPU a step takes seconds to minutes; --preset small is sized for a CPU"
+        )
+    cpus = cpus if cpus is not None else _cpu_count()
+    if config.workers > cpus:
+        notes.append(
+            f"--workers {config.workers}: more DataLoader processes than the {cpus} CPU(s) this "
+            f"process may use, which can slow loading down; --workers {cpus} or fewer suits "
+            "this machine"
+        )
+    return notes
+
+
+def _cpu_count() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,6 +562,7 @@ class TrainResult:
     run_dir: str
     stages: list[StageResult]
     notes: list[str] = field(default_factory=list)
+    rank: int = 0  # this process's under torchrun: rank 0 alone reports
 
     def summary(self) -> str:
         return "\n".join(s.summary() for s in self.stages) + f"\nrun folder: {self.run_dir}"
@@ -631,13 +708,16 @@ def _run_record(store: Any, config: TrainConfig, network: NetworkConfig, size: i
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     out = []
-    for key in sorted(set(old.get("network", {})) | set(new["network"])):
-        a, b = old.get("network", {}).get(key), new["network"].get(key)
+    old_network = _as_read(NetworkConfig, old.get("network", {}))
+    for key in sorted(set(old_network) | set(new["network"])):
+        a, b = old_network.get(key), new["network"].get(key)
         if a != b:
             out.append(f"{key} {json.dumps(a)} -> {json.dumps(b)}")
-    for key in sorted(set(old.get("train", {})) | set(new["train"])):
-        a, b = old.get("train", {}).get(key), new["train"].get(key)
-        if key not in OPERATIONAL_FIELDS and a != b:
+    old_train = _as_read(TrainConfig, old.get("train", {}))
+    for key in sorted(set(old_train) | set(new["train"])):
+        a, b = old_train.get(key), new["train"].get(key)
+        # size and upsample are compared as the side they resolve to (data.size, below)
+        if key not in (*OPERATIONAL_FIELDS, "size", "upsample") and a != b:
             out.append(f"{key} {json.dumps(a)} -> {json.dumps(b)}")
     old_data, new_data = old.get("data", {}), new["data"]
     if old_data.get("store_id") != new_data["store_id"]:
@@ -645,6 +725,15 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old_data.get("size") != new_data["size"]:
         out.append(f"size {old_data.get('size')} -> {new_data['size']}")
     return out
+
+
+def _as_read(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config as reading it gives it: fields added since the run was made take their
+    defaults (which are what that run trained with), so they are no difference."""
+    try:
+        return to_dict(from_dict(cls, saved))
+    except ConfigError:
+        return saved
 
 
 @dataclass
@@ -797,9 +886,10 @@ def train(
     except StoreError as err:
         raise StoreError(f"--data: {err}") from None
     n_norm = n_normals(store)
-    size = config.size if config.size is not None else int(store.size)
+    size = training_size(config, int(store.size))
     check_input_size(size, size, max(network.rec_depth, network.loc_depth))
     plan = _plan_run(run, store, config, network, size, resume=resume, overwrite=overwrite)
+    plan.notes.extend(resource_notes(config, network, device))
 
     dist = _Dist.from_env(device)
     if dist.world > 1 and device.type == "cuda":
@@ -816,27 +906,30 @@ def train(
             StageResult(s, 0, 0, 0.0, 0.0, None, None, str(ckpt.stage_weights_path(run, s)), why)
             for s, why in plan.skip.items()
         ]
-        for stage in plan.stages:
-            results.append(
-                _train_stage(
-                    stage,
-                    run=run,
-                    store=store,
-                    config=config,
-                    network=network,
-                    size=size,
-                    n_norm=n_norm,
-                    device=device,
-                    amp_dtype=amp_dtype,
-                    dist=dist,
-                    log=log,
-                    resume_step=plan.resume_from.get(stage),
-                    plan=plan,
-                    on_step=on_step,
+        with warnings.catch_warnings():
+            # resource_notes said it once; torch's DataLoader would repeat it for every loader
+            warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
+            for stage in plan.stages:
+                results.append(
+                    _train_stage(
+                        stage,
+                        run=run,
+                        store=store,
+                        config=config,
+                        network=network,
+                        size=size,
+                        n_norm=n_norm,
+                        device=device,
+                        amp_dtype=amp_dtype,
+                        dist=dist,
+                        log=log,
+                        resume_step=plan.resume_from.get(stage),
+                        plan=plan,
+                        on_step=on_step,
+                    )
                 )
-            )
         results.sort(key=lambda r: r.stage)
-        return TrainResult(str(run), results, plan.notes)
+        return TrainResult(str(run), results, plan.notes, dist.rank)
     finally:
         if log is not None:
             log.close()

@@ -56,7 +56,8 @@ def write_sources(folder: Path, count: int = 4) -> Path:
 
 def run_cli(main, prog: str, monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """Run a console script's ``main`` as ``prog ARGS`` in this process: (exit code, stdout,
-    stderr). Goes through ``cli.common.run_app``, exactly as the installed command does."""
+    stderr). Goes through ``anomalygen_cli.common.run_app``, exactly as the installed command
+    does."""
     monkeypatch.setattr("sys.argv", [prog, *map(str, args)])
     code = 0
     try:

@@ -9,6 +9,7 @@ files with :mod:`ast`: nothing is imported.
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The project's own top-level packages and folders of scripts.
-PACKAGES = ("anomalygen", "cli", "resynth_models")
+PACKAGES = ("anomalygen", "anomalygen_cli", "resynth_models")
 SCRIPTS = ("benchmarks", "examples", "tests")
+#: Packages installed from a folder of another name (pyproject.toml's package-dir): the CLI's
+#: modules live in cli/ and are imported as anomalygen_cli.
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+FOLDERS: dict[str, str] = SETUPTOOLS["package-dir"]
+CLI = "anomalygen_cli"
 
 #: Inside these packages, a module imports only the modules listed before it (and modules
 #: outside the package); the package's ``__init__`` is its public face and comes last.
@@ -40,7 +46,7 @@ LAYERS = {
 #: Who may import the render coordinator: the CLI, and the render package's public face.
 COORDINATOR = "anomalygen.render.coordinator"
 #: What anomalygen never imports: it works without torch, and the CLI is a shell over it.
-NOT_IN_ANOMALYGEN = ("torch", "resynth_models", "cli")
+NOT_IN_ANOMALYGEN = ("torch", "resynth_models", CLI)
 
 MAX_LINES = 80
 MAX_PARAMETERS = 8
@@ -62,6 +68,8 @@ class Import:
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    names = {folder: package for package, folder in FOLDERS.items()}
+    parts[0] = names.get(parts[0], parts[0])
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -70,7 +78,7 @@ def module_name(path: Path) -> str:
 def source_files() -> dict[str, Path]:
     files = {}
     for top in PACKAGES + SCRIPTS:
-        for path in sorted((ROOT / top).rglob("*.py")):
+        for path in sorted((ROOT / FOLDERS.get(top, top)).rglob("*.py")):
             files[module_name(path)] = path
     return files
 
@@ -207,7 +215,7 @@ def test_imports_run_one_way_inside_a_package(package: str) -> None:
 
 
 def test_the_store_never_imports_the_renderer_or_the_tools_on_top() -> None:
-    above = ("anomalygen.render", "anomalygen.verify", "anomalygen.preview")
+    above = ("anomalygen.render", "anomalygen.verify", "anomalygen.preview", "anomalygen.export")
     bad = [
         f"{_where(imp)}: {imp.target}"
         for imp in IMPORTS
@@ -221,7 +229,7 @@ def test_only_the_cli_and_the_public_face_import_the_coordinator() -> None:
         f"{_where(imp)}: {imp.module}"
         for imp in IMPORTS
         if imp.target == COORDINATOR
-        and not (_in(imp.module, "cli") or imp.module == "anomalygen.render")
+        and not (_in(imp.module, CLI) or imp.module == "anomalygen.render")
     ]
     assert bad == []
 
@@ -239,8 +247,15 @@ def test_nothing_but_the_cli_and_its_tests_imports_the_cli() -> None:
     bad = [
         f"{_where(imp)}: {imp.target}"
         for imp in IMPORTS
-        if _in(imp.target, "cli") and not (_in(imp.module, "cli") or _in(imp.module, "tests"))
+        if _in(imp.target, CLI) and not (_in(imp.module, CLI) or _in(imp.module, "tests"))
     ]
+    assert bad == []
+
+
+def test_nothing_imports_the_cli_by_its_folder_name() -> None:
+    """cli/ installs as anomalygen_cli; ``import cli...`` works only inside a checkout (and
+    there it may be another project's cli)."""
+    bad = [f"{_where(imp)}: {imp.target}" for imp in IMPORTS if _in(imp.target, "cli")]
     assert bad == []
 
 
@@ -249,7 +264,7 @@ def test_the_rules_see_imports() -> None:
     would pass on nothing)."""
     found = {(i.module, i.target) for i in IMPORTS}
     assert ("anomalygen.render.coordinator", "anomalygen.render.dask") in found  # in a function
-    assert ("cli.render_cmd", "anomalygen.render") in found
+    assert (f"{CLI}.render_cmd", "anomalygen.render") in found
     assert ("anomalygen.store.format", "anomalygen.generator") in found  # lazy, in from_attrs
     assert not any(i.module == "anomalygen.render" and i.target == COORDINATOR for i in IMPORTS)
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
@@ -282,8 +297,8 @@ def _parameters(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.arg]:
 
 
 def _is_cli_command(name: str, node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """A typer command: in cli/, with options declared through typer (or cli.options)."""
-    if not name.startswith("cli."):
+    """A typer command: in cli/, with options declared through typer (or cli/options.py)."""
+    if not name.startswith(f"{CLI}."):
         return False
     notes = [ast.unparse(p.annotation) for p in _parameters(node) if p.annotation is not None]
     return any("typer." in n or n.startswith("opt.") for n in notes)
@@ -302,7 +317,7 @@ def test_functions_fit_on_a_screen() -> None:
     option list (a CLI command's, or an OPTION_LISTS function's) may be longer, its body not."""
     too_long, too_many = [], []
     for module, path in FILES.items():
-        if not (_in(module, "anomalygen") or _in(module, "cli")):
+        if not (_in(module, "anomalygen") or _in(module, CLI)):
             continue
         for name, node in _functions(path):
             options = _is_cli_command(name, node) or name in OPTION_LISTS

@@ -168,7 +168,7 @@ def test_ctrl_c_stops_a_local_cluster_render_cleanly(sources, tmp_path) -> None:
     as_from_a_terminal = (
         "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
         f"sys.argv = ['anomalygen', *{[str(a) for a in args]!r}]; "
-        "runpy.run_module('cli.anomalygen_cli', run_name='__main__')"
+        "runpy.run_module('anomalygen_cli.anomalygen_cli', run_name='__main__')"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", as_from_a_terminal],
@@ -356,7 +356,7 @@ def test_bad_scheduler_options(sources, tmp_path, scheduler, out, message) -> No
 
 
 def test_cli_scheduler_errors_are_one_line(sources, tmp_path, monkeypatch, capsys) -> None:
-    from cli.anomalygen_cli import main
+    from anomalygen_cli.anomalygen_cli import main
 
     monkeypatch.setattr(dask_mod, "CONNECT_TIMEOUT_S", 1.0)
     args = ["render", "--src", sources, "--n", 4, "--size", SIZE, "--out", tmp_path / "c.zarr"]
@@ -369,7 +369,7 @@ def test_cli_scheduler_errors_are_one_line(sources, tmp_path, monkeypatch, capsy
 
 
 def test_cli_renders_on_a_local_cluster(sources, reference, tmp_path, monkeypatch, capsys) -> None:
-    from cli.anomalygen_cli import main
+    from anomalygen_cli.anomalygen_cli import main
 
     out = tmp_path / "cli.zarr"
     args = ["render", "--src", sources, "--n", N, "--size", SIZE, "--shard-size", SHARD]

@@ -47,7 +47,7 @@ def test_render_train_evaluate_predict(fundus_folder: Path, tmp_path: Path, monk
     store, run = tmp_path / "synth.zarr", tmp_path / "run"
 
     code, out, err = _main(
-        "cli.anomalygen_cli",
+        "anomalygen_cli.anomalygen_cli",
         ["render", "--src", fundus_folder, "--n", 32, "--size", 64, "--out", store,
          "--workers", 1, "--shard-size", 8, "--seed", 3, "-q"],
         monkeypatch, capsys,
@@ -56,7 +56,7 @@ def test_render_train_evaluate_predict(fundus_folder: Path, tmp_path: Path, monk
     assert "32 samples" in out
 
     code, out, err = _main(
-        "cli.resynth_cli",
+        "anomalygen_cli.resynth_cli",
         ["train", "--data", store, "--out", run, "--steps", 2, "--batch-size", 4,
          "--device", "cpu", "--workers", 0, *TINY_NETWORK, "-q"],
         monkeypatch, capsys,
@@ -66,7 +66,7 @@ def test_render_train_evaluate_predict(fundus_folder: Path, tmp_path: Path, monk
 
     layout, out_dir = _eval_layout(tmp_path / "eval-set"), tmp_path / "eval"
     code, out, err = _main(
-        "cli.resynth_cli",
+        "anomalygen_cli.resynth_cli",
         ["evaluate", "--checkpoint", run, "--dataset", "folder", "--root", layout,
          "--out", out_dir, "--device", "cpu", "--batch-size", 2, "--quiet"],
         monkeypatch, capsys,
@@ -88,7 +88,7 @@ def test_render_train_evaluate_predict(fundus_folder: Path, tmp_path: Path, monk
 
     # The stage-1 reconstruction error as the score (Table 3, row 1) from the same run.
     code, out, err = _main(
-        "cli.resynth_cli",
+        "anomalygen_cli.resynth_cli",
         ["evaluate", "--checkpoint", run, "--dataset", "folder", "--root", layout,
          "--out", tmp_path / "eval-rec", "--device", "cpu", "--scoring", "reconstruction", "-q"],
         monkeypatch, capsys,
@@ -100,7 +100,7 @@ def test_render_train_evaluate_predict(fundus_folder: Path, tmp_path: Path, monk
 
     pred_dir = tmp_path / "pred"
     code, out, err = _main(
-        "cli.resynth_cli",
+        "anomalygen_cli.resynth_cli",
         ["predict", layout / "abnormal", layout / "normal" / "n0.png", "--checkpoint", run,
          "--out", pred_dir, "--device", "cpu", "--save-maps", "-q"],
         monkeypatch, capsys,
@@ -108,6 +108,6 @@ def test_render_train_evaluate_predict(fundus_folder: Path, tmp_path: Path, monk
     assert code == 0, err
     assert len(list((pred_dir / "overlays").glob("*.png"))) == 4
     saved = np.asarray(Image.open(pred_dir / "maps" / "a0.png"))
-    assert saved.shape == (64, 64)
+    assert saved.shape == (96, 96)  # the photograph's own frame
     with (pred_dir / "scores.csv").open(newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 4

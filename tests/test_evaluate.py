@@ -309,7 +309,7 @@ def make_run(run: Path, size: int = SIZE, seed: int = 0) -> Path:
 
 def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
     """``resynth ARGS`` in this process: (exit code, stdout, stderr)."""
-    from cli.resynth_cli import main
+    from anomalygen_cli.resynth_cli import main
 
     return synthetic.run_cli(main, "resynth", monkeypatch, capsys, *args)
 
@@ -380,7 +380,7 @@ def test_cli_module_imports_without_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, cli.evaluate_cmd; sys.exit('torch' in sys.modules)"
+    code = "import sys, anomalygen_cli.evaluate_cmd; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 

@@ -27,6 +27,7 @@ from anomalygen.fundus import (
     load_fundus,
     prepare_fundus,
     read_image,
+    unapply_square,
 )
 from tests.badfiles import (
     ODD_SHAPE,
@@ -623,3 +624,43 @@ def test_load_fundus_names_the_file(tmp_path: Path) -> None:
     Image.fromarray(make_fundus(100, seed=9)).save(tmp_path / "ok.png")
     p = load_fundus(tmp_path / "ok.png", size=48)
     check_prepared(p, 48)
+
+
+# --------------------------------------------------------------------------------------------
+# unapply_square: the prepared frame back to the photograph's
+
+
+@pytest.mark.parametrize("size", [60, 120, 240, 30, 37])
+def test_unapply_square_inverts_apply_square(size: int) -> None:
+    square = Square(y0=-5, x0=3, side=60)  # overhangs the top; the image ends inside it
+    shape = (50, 70)
+    inside = np.zeros(shape, bool)
+    inside[0:50, 3:63] = True
+    labels = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    back = unapply_square(apply_square(labels, square, size, nearest=True), square, shape,
+                          nearest=True)  # fmt: skip
+    assert back.dtype == np.uint8 and not back[~inside].any()
+    if size % 60 == 0:  # enlarged by a whole factor (or not resized): every pixel comes back
+        np.testing.assert_array_equal(back[inside], labels[inside])
+    # a linear ramp comes back exactly where no interpolation reaches the padding
+    ramp = np.fromfunction(lambda y, x: 2.0 * y + 1.5 * x, shape).astype(np.float32)
+    smooth = unapply_square(apply_square(ramp, square, size, nearest=False), square, shape,
+                            nearest=False)  # fmt: skip
+    assert smooth.dtype == np.float32 and not smooth[:, :2].any() and not smooth[:, 64:].any()
+    tolerance = 0.2 if size % 30 else 1e-3
+    np.testing.assert_allclose(smooth[8:42, 12:55], ramp[8:42, 12:55], atol=tolerance)
+
+
+def test_unapply_square_puts_a_pixel_where_it_came_from() -> None:
+    photo = make_fundus(90, seed=2, width_ratio=1.4)  # 90 x 126, disc centred
+    prepared = prepare_fundus(photo, 64, clahe=False)
+    spot = np.zeros((64, 64), np.float32)
+    spot[20, 40] = 1.0
+    back = unapply_square(spot, prepared.square, photo.shape[:2], nearest=True)
+    ys, xs = np.nonzero(back)
+    k = prepared.square.side / 64
+    assert ys.min() == pytest.approx(prepared.square.y0 + 20 * k, abs=1)
+    assert xs.min() == pytest.approx(prepared.square.x0 + 40 * k, abs=1)
+    assert ys.max() - ys.min() + 1 == pytest.approx(k, abs=1)
+    with pytest.raises(ValueError, match="size, size"):
+        unapply_square(np.zeros((4, 5)), prepared.square, (9, 9), nearest=True)

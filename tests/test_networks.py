@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from anomalygen.config import from_dict, to_dict  # noqa: E402
+from anomalygen.errors import ConfigError  # noqa: E402
 from resynth_models.losses import focal_loss  # noqa: E402
 from resynth_models.networks import (  # noqa: E402
     PRESETS,
@@ -353,3 +354,30 @@ def test_logits_are_float32_under_bf16_autocast() -> None:
         logits = model(x)
         recon = model.rec_net(x)
     assert logits.dtype == torch.float32 and recon.dtype == torch.float32
+
+
+def test_local_contrast_input() -> None:
+    from resynth_models.networks import local_contrast
+
+    x = torch.zeros(1, 3, 64, 64)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    disc = ((yy - 31.5) ** 2 + (xx - 31.5) ** 2) <= 28**2
+    x[:, :, disc] = torch.tensor([0.6, 0.3, 0.1])[:, None]
+    spot = ((yy - 30) ** 2 + (xx - 36) ** 2) <= 9
+    x[:, 1, spot] = 0.1  # a dark spot in green
+    lc = local_contrast(x, sigma=4.0)
+    assert lc.shape == x.shape
+    assert (lc[:, :, ~disc] == 0).all()  # outside the field of view: nothing
+    flat = disc & ~(((yy - 30) ** 2 + (xx - 36) ** 2) <= 15**2)
+    assert lc[:, :, flat].abs().max() < 0.02  # a flat retina, rim included: about 0
+    assert lc[0, 1, 30, 36] < -0.5  # the spot stands out, x4
+    config = NetworkConfig(
+        rec_width=4, rec_depth=3, loc_width=4, loc_depth=3, local_contrast=(1 / 16,)
+    )
+    model = build_model(config)
+    assert model.loc_net.encoder.in_channels == 6
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 1, 32, 32)
+    image_mode = NetworkConfig(**{**config.__dict__, "rec_features": "image"})
+    assert build_model(image_mode).loc_net.encoder.in_channels == 9
+    with pytest.raises(ConfigError, match="local_contrast"):
+        NetworkConfig(local_contrast=(0.9,))

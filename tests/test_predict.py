@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from anomalygen.errors import AnomalygenError, ConfigError
-from anomalygen.fundus import load_fundus
+from anomalygen.fundus import load_fundus, read_image, unapply_square
 from resynth_models.evaluate import anomaly_maps
 from resynth_models.metrics import image_score
 from resynth_models.predict import find_inputs, predict
@@ -73,7 +73,8 @@ def test_predict_folder_and_file(photos: Path, tmp_path: Path) -> None:
 def test_saved_map_is_the_probability(photos: Path, tmp_path: Path) -> None:
     detector = BlueOracle(size=64)
     out = tmp_path / "pred"
-    result = predict(detector, [photos / "sub" / "c.png"], out, save_maps=True, progress=False)
+    result = predict(detector, [photos / "sub" / "c.png"], out, save_maps=True, progress=False,
+                     frame="square")  # fmt: skip
     (row,) = result.predictions
     saved = cv2.imread(str(out / row.map), cv2.IMREAD_UNCHANGED)
     assert saved.dtype == np.uint16 and saved.shape == (64, 64)
@@ -116,6 +117,13 @@ def test_cli_predict(photos: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     assert len(list((out / "overlays").rglob("*.png"))) == 3
     assert len(_rows(out / "scores.csv")) == 3 and not (out / "maps").exists()
     code, _, stderr = run_cli(
+        ["predict", photos / "a.png", "--checkpoint", run, "--out", tmp_path / "square",
+         "--device", "cpu", "-q", "--frame", "square", "--save-maps"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert cv2.imread(str(tmp_path / "square" / "maps" / "a.png"), -1).shape == (64, 64)
+    code, _, stderr = run_cli(
         ["predict", tmp_path / "nowhere.jpg", "--checkpoint", run, "--out", out, "-q"],
         capsys, monkeypatch,
     )  # fmt: skip
@@ -130,3 +138,44 @@ def test_inputs_sharing_a_stem_get_distinct_outputs(tmp_path: Path) -> None:
     names = [item.name for item in find_inputs(sorted(tmp_path.iterdir()))]
     stems = [n.rsplit(".", 1)[0].lower() for n in names]
     assert len(set(stems)) == 3, names
+
+
+def test_maps_and_overlays_in_the_photograph_s_own_frame(tmp_path: Path) -> None:
+    """The default frame: maps and overlays at the photograph's size and shape, the lesion where
+    it is in the photograph; the scores are the square frame's."""
+    rgb = make_fundus(150, 4, width_ratio=1.5)  # 150 x 225: the square crop and padding matter
+    mask = np.zeros(rgb.shape[:2], bool)
+    mask[60:80, 120:145] = True
+    rgb[mask] = (20, 40, 230)
+    _save(tmp_path / "wide.png", rgb)
+    detector = BlueOracle(size=64)
+    kw = {"save_maps": True, "progress": False}
+    square = predict(detector, [tmp_path / "wide.png"], tmp_path / "sq", frame="square", **kw)
+    own = predict(detector, [tmp_path / "wide.png"], tmp_path / "own", **kw)
+    assert own.predictions[0].score == square.predictions[0].score
+    saved = cv2.imread(str(tmp_path / "own" / own.predictions[0].map), cv2.IMREAD_UNCHANGED)
+    assert saved.shape == rgb.shape[:2] and saved.dtype == np.uint16
+    prob = saved / 65535.0
+    assert prob[mask].mean() > 0.6 and prob[~mask].max() < 0.6  # the lesion, where it is
+    prepared = load_fundus(tmp_path / "wide.png", 64, clahe=False)
+    small = cv2.imread(str(tmp_path / "sq" / square.predictions[0].map), cv2.IMREAD_UNCHANGED)
+    want = unapply_square(small / 65535.0, prepared.square, rgb.shape[:2], nearest=False)
+    fov = unapply_square(prepared.fov, prepared.square, rgb.shape[:2], nearest=True)
+    np.testing.assert_allclose(prob, np.where(fov > 0, want, 0), atol=2e-4)
+    overlay = cv2.imread(str(tmp_path / "own" / own.predictions[0].overlay))[..., ::-1]
+    height = overlay.shape[0]
+    assert height > rgb.shape[0] and overlay.shape[1] > 2 * rgb.shape[1]
+    np.testing.assert_array_equal(overlay[height - rgb.shape[0] :, : rgb.shape[1]], rgb)
+    assert read_image(tmp_path / "wide.png").shape == rgb.shape
+    with pytest.raises(ConfigError, match="--frame"):
+        predict(detector, [tmp_path / "wide.png"], tmp_path / "x", frame="round", **kw)
+
+
+def test_predict_help(capsys, monkeypatch) -> None:
+    """--threshold says what predict does with it (no balanced accuracy), --frame its choices."""
+    from tests.test_help import option_row, render_help
+
+    text = render_help(monkeypatch, capsys, "resynth", "predict")
+    assert "balanced accuracy" not in text
+    assert "overlays' captions" in text and "the run's own" in text
+    assert " original|square " in option_row(text, "--frame")

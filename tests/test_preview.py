@@ -81,7 +81,7 @@ def test_live_preview_skips_bad_files(fundus_folder: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "cli.anomalygen_cli", "preview", *args]
+    cmd = [sys.executable, "-m", "anomalygen_cli.anomalygen_cli", "preview", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

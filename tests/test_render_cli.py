@@ -1,7 +1,7 @@
 """The `anomalygen render`, `info` and `verify` commands: output, exit codes, one-line errors.
 
-The commands run in this process through ``cli.anomalygen_cli.main`` (what the console script
-calls), so ``run_app``'s error handling is what is tested.
+The commands run in this process through ``anomalygen_cli.anomalygen_cli.main`` (what the
+console script calls), so ``run_app``'s error handling is what is tested.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from anomalygen import open_store
 from anomalygen import store as st
-from cli.anomalygen_cli import main
+from anomalygen_cli.anomalygen_cli import main
 from tests.badfiles import write_bad_files
 from tests.synthetic import run_cli, write_sources
 

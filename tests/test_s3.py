@@ -120,7 +120,7 @@ def test_a_local_pool_render_to_s3_matches_too(s3, sources, reference) -> None:
 
 
 def test_info_and_verify_on_the_url(s3, s3_store, monkeypatch, capsys) -> None:
-    from cli.anomalygen_cli import main
+    from anomalygen_cli.anomalygen_cli import main
 
     so = [f"--storage-option={k}={v}" for k, v in s3.items() if k != "client_kwargs"]
     so.append(f'--storage-option=client_kwargs={{"region_name": "{REGION}"}}')
@@ -137,7 +137,7 @@ def test_info_and_verify_on_the_url(s3, s3_store, monkeypatch, capsys) -> None:
 def test_preview_of_the_url(s3, s3_store, tmp_path, monkeypatch, capsys) -> None:
     from PIL import Image
 
-    from cli.anomalygen_cli import main
+    from anomalygen_cli.anomalygen_cli import main
 
     so = ["-S", "key=testing", "-S", "secret=testing", "-S", f"endpoint_url={s3['endpoint_url']}"]
     png = tmp_path / "p.png"
@@ -156,7 +156,7 @@ def test_missing_credentials_fail_in_one_line(s3, sources, monkeypatch, capsys) 
     message = str(err.value)
     assert "--storage-option" in message and "\n" not in message
 
-    from cli.anomalygen_cli import main
+    from anomalygen_cli.anomalygen_cli import main
 
     code, _, stderr = run_cli(
         main, "anomalygen", monkeypatch, capsys, "info", url, "-S",
@@ -206,7 +206,7 @@ def test_storage_option_parsing() -> None:
 def test_train_reads_the_store_from_s3(s3, s3_store, tmp_path, monkeypatch, capsys) -> None:
     """`resynth train --data s3://... -S ...`: options reach the DataLoader, not the run folder."""
     pytest.importorskip("torch", reason="torch is not installed (the train extra)")
-    from cli.resynth_cli import main
+    from anomalygen_cli.resynth_cli import main
 
     run = tmp_path / "run"
     so = [f"--storage-option={k}={v}" for k, v in s3.items() if k != "client_kwargs"]

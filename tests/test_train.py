@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from anomalygen.config import from_dict, to_dict  # noqa: E402
 from anomalygen.errors import ConfigError, StoreError  # noqa: E402
 from resynth_models import checkpoint as ckpt  # noqa: E402
-from resynth_models.networks import ReconstructionNet, ReSynthDetect  # noqa: E402
+from resynth_models.networks import PRESETS, ReconstructionNet, ReSynthDetect  # noqa: E402
 from resynth_models.train import (  # noqa: E402
     TRAIN_PRESETS,
     StepInfo,
@@ -29,8 +29,11 @@ from resynth_models.train import (  # noqa: E402
     make_configs,
     make_optimizer,
     parse_duration,
+    resource_notes,
+    resume_configs,
     train,
     train_step,
+    training_size,
 )
 from tests.synthetic import render_tiny_store  # noqa: E402
 
@@ -117,7 +120,7 @@ def test_make_configs_and_presets() -> None:
     assert (train_cfg.lr, train_cfg.min_lr, train_cfg.warmup) == (5e-5, 2.5e-5, "50ep")  # paper
     assert net.rec_width == 32 and train_cfg.epochs == 300 and train_cfg.steps is None
     small, small_net = make_configs("small")
-    assert small.size == 256 and small.steps is not None and small.epochs is None
+    assert small.size is None and small.steps is not None and small.epochs is None
     assert small_net.rec_depth == 4
     assert make_configs("small", epochs=3)[0].steps is None
     assert make_configs("default", steps=7)[0].epochs is None
@@ -358,14 +361,18 @@ def test_torchrun_two_processes_match_one(store: str, tmp_path: Path) -> None:
               "--min-lr", "1e-4", "--warmup", "1", "--preset", "small", "--rec-width", "4",
               "--rec-depth", "3", "--loc-width", "4", "--loc-depth", "3", "--device", "cpu",
               "--quiet"]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    elsewhere = tmp_path / "project"  # the README's launch from another project's folder,
+    (elsewhere / "cli").mkdir(parents=True)  # one with a cli/ package of its own
+    (elsewhere / "cli" / "__init__.py").write_text("raise SystemExit('wrong cli package')\n")
     proc = subprocess.run(
-        [*torchrun, "--nproc_per_node", "2", "-m", "cli.resynth_cli", "train", "--data", store,
-         "--out", str(tmp_path / "ddp"), "--batch-size", "1", *common],
-        env=env, capture_output=True, text=True, timeout=300,
+        [*torchrun, "--nproc_per_node", "2", "-m", "anomalygen_cli.resynth_cli", "train",
+         "--data", store, "--out", str(tmp_path / "ddp"), "--batch-size", "1", *common],
+        env=env, capture_output=True, text=True, timeout=300, cwd=elsewhere,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("run folder:") == 1, proc.stdout  # rank 0 alone prints
     config, net = tiny(stage="1", steps=3, batch_size=2, warmup="1", lr=1e-3)
     train(store, tmp_path / "one", config, net, progress=False)
     ddp, one = (
@@ -390,3 +397,59 @@ def test_stage1_steps(store: str, tmp_path: Path) -> None:
     if small.get("stage1_steps") is not None:
         assert make_configs("small", steps=20)[0].stage1_steps is None
         assert make_configs("small", epochs=2)[0].stage1_steps is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Training size, resuming with the run's configuration, notes on the machine
+
+
+def test_training_size_is_the_store_s_unless_given(store: str, tmp_path: Path) -> None:
+    assert training_size(TrainConfig(), 64) == 64
+    assert training_size(TrainConfig(size=32), 64) == 32
+    with pytest.raises(ConfigError, match=r"--size 128: above the store's 64 px.*--upsample"):
+        training_size(TrainConfig(size=128), 64)
+    assert training_size(TrainConfig(size=128, upsample=True), 64) == 128
+    assert "size" not in TRAIN_PRESETS["small"]  # a preset never upsamples a store silently
+    config, net = tiny(size=None, stage="1", steps=1)
+    train(store, tmp_path / "run", config, net, progress=False)
+    record = json.loads((tmp_path / "run" / ckpt.CONFIG_FILE).read_text())
+    assert record["data"]["size"] == 64 and record["train"]["size"] is None
+
+
+def test_resume_configs_take_the_run_s_own(store: str, tmp_path: Path) -> None:
+    config, net = tiny(stage="1", steps=2, lr=3e-3)
+    train(store, tmp_path / "run", config, net, progress=False)
+    again, again_net = resume_configs(tmp_path / "run")
+    assert (again, again_net) == (config, net)
+    changed, _ = resume_configs(tmp_path / "run", {"loc_width": 8}, steps=5, stage="2")
+    assert (changed.steps, changed.stage, changed.lr) == (5, "2", 3e-3)
+    assert resume_configs(tmp_path / "run", {"loc_width": 8})[1].loc_width == 8
+    assert resume_configs(tmp_path / "nothing") == make_configs("default")
+    with pytest.raises(ConfigError, match="not both"):
+        resume_configs(tmp_path / "run", steps=1, epochs=1)
+
+
+def test_resource_notes() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    default, default_net = make_configs("default", workers=2)
+    (note,) = resource_notes(default, default_net, cpu, cpus=2)
+    assert "sized for a GPU" in note and "--preset small" in note
+    assert resource_notes(default, default_net, cuda, cpus=2) == []
+    small, small_net = make_configs("small", workers=1)
+    assert small_net == PRESETS["small"]
+    assert resource_notes(small, small_net, cpu, cpus=2) == []
+    (note,) = resource_notes(small, small_net, cpu, cpus=2) + resource_notes(
+        make_configs("small", workers=3)[0], small_net, cpu, cpus=2
+    )
+    assert "--workers 3" in note and "2 CPU(s)" in note
+
+
+@pytest.mark.slow
+def test_too_many_workers_noted_once_not_warned(store, tmp_path, monkeypatch, recwarn) -> None:
+    """More DataLoader processes than CPUs: one note, none of torch's warnings (one per loader
+    and iterator otherwise)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    config, net = tiny(stage="all", steps=1, workers=2, val_fraction=0.34, val_interval=1)
+    result = train(store, tmp_path / "run", config, net, progress=False)
+    assert [n for n in result.notes if "--workers 2" in n] == [result.notes[-1]]
+    assert not [w for w in recwarn if "DataLoader will create" in str(w.message)]

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cli.resynth_cli import main  # noqa: E402
+from anomalygen_cli.resynth_cli import main  # noqa: E402
 from tests.synthetic import render_tiny_store, run_cli  # noqa: E402
 
 TINY = ["--preset", "small", "--size", "32", "--batch-size", "2", "--steps", "2", "--workers",
@@ -123,8 +123,53 @@ def test_existing_run_with_another_config(monkeypatch, capsys, store, tmp_path) 
 
 
 def test_cli_module_does_not_import_torch() -> None:
-    code = "import sys, cli.train_cmd; print('torch' in sys.modules)"
+    code = "import sys, anomalygen_cli.train_cmd; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parents[1])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_resume_alone_takes_the_run_s_configuration(monkeypatch, capsys, store, tmp_path) -> None:
+    """--resume without the options of the first command: the run's config.json is used, and
+    only options given again are compared with it."""
+    run_dir = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "train", "--data", store, "--out", run_dir, *TINY,
+                       "--stage", "1")  # fmt: skip
+    assert code == 0, err
+    code, out, err = run(monkeypatch, capsys, "train", "--data", store, "--out", run_dir,
+                         "--resume", "-q")  # fmt: skip
+    assert code == 0, err
+    assert out.count("already complete") == 1 and "stage 2" not in out  # the run's --stage 1
+    code, _, err = run(monkeypatch, capsys, "train", "--data", store, "--out", run_dir,
+                       "--resume", "--lr", "0.5", "-q")  # fmt: skip
+    _one_line_error(code, err, "different configuration (lr 0.001 -> 0.5);", "--overwrite")
+    # a run made before a training option existed: the option's default is no difference
+    path = run_dir / "config.json"
+    record = json.loads(path.read_text())
+    for name in ("photometric", "upsample"):
+        del record["train"][name]
+    path.write_text(json.dumps(record))
+    code, out, err = run(monkeypatch, capsys, "train", "--data", store, "--out", run_dir,
+                         "--resume", "--stage", "2", "--device", "cpu", "-q")  # fmt: skip
+    assert code == 0, err
+    assert "stage 2: 2 steps" in out and (run_dir / "stage2.safetensors").is_file()
+
+
+def test_size_above_the_store_s_needs_upsample(monkeypatch, capsys, store, tmp_path) -> None:
+    args = ["train", "--data", store, *TINY, "--size", "128", "--stage", "1", "--steps", "1"]
+    code, _, err = run(monkeypatch, capsys, *args, "--out", tmp_path / "a")
+    _one_line_error(code, err, "--size 128: above the store's 64 px", "--upsample")
+    assert not (tmp_path / "a").exists()
+    code, _, err = run(monkeypatch, capsys, *args, "--out", tmp_path / "b", "--upsample")
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["data"]["size"] == 128
+
+
+def test_default_preset_on_a_cpu_says_so_once(monkeypatch, capsys, store, tmp_path) -> None:
+    code, _, err = run(monkeypatch, capsys, "train", "--data", store, "--out", tmp_path / "r",
+                       "--stage", "1", "--steps", "1", "--batch-size", "1", "--workers", "0",
+                       "--device", "cpu", "-q")  # fmt: skip
+    assert code == 0, err
+    assert err.count("note: the default preset is sized for a GPU") == 1
+    assert "--preset small" in err

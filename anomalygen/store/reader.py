@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -153,10 +153,32 @@ class SampleStore:
                 )
         return i
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(
+        self, i: int | slice | Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``store[i] -> (image (S, S, 3), mask (S, S))``; a slice or a sequence of indices
+        (``store[10:20]``, ``store[[3, 1, 4]]``) gives them stacked, ``(k, S, S, 3), (k, S, S)``,
+        in the order asked for."""
+        if isinstance(i, slice | list | tuple | np.ndarray):
+            return self._stacked(i)
         i = self._index(i)
         checked = self.checked()
         return checked.item(IMAGE, i), checked.item(MASK, i)
+
+    def _stacked(self, key: slice | Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Samples ``key`` (a slice or integer indices) stacked; each is checked as ``[i]`` is."""
+        if isinstance(key, slice):
+            picks: Any = range(*key.indices(self._n))
+        else:
+            picks = np.asarray(key).ravel()
+            if picks.size and not np.issubdtype(picks.dtype, np.integer):
+                raise TypeError(f"sample indices must be integers, got {picks.dtype}")
+        rows = [self._index(int(i)) for i in picks]
+        arrays = self.arrays()
+        if isinstance(picks, range) and picks.step == 1:  # one read per array
+            return arrays[IMAGE][picks.start : picks.stop], arrays[MASK][picks.start : picks.stop]
+        chosen = np.asarray(rows, dtype=np.int64)
+        return arrays[IMAGE].oindex[chosen], arrays[MASK].oindex[chosen]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(self._n):
