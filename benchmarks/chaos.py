@@ -92,7 +92,10 @@ def train_args(**changes: str) -> list[str]:
 
 
 def command(tool: str, *args: Any) -> list[str]:
-    module = {"anomalygen": "cli.anomalygen_cli", "resynth": "cli.resynth_cli"}[tool]
+    module = {
+        "anomalygen": "anomalygen_cli.anomalygen_cli",
+        "resynth": "anomalygen_cli.resynth_cli",
+    }[tool]
     return [sys.executable, "-m", module, *map(str, args)]
 
 

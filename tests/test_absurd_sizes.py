@@ -19,7 +19,7 @@ from anomalygen.fundus import MAX_SIDE, prepare_fundus
 from anomalygen.render import render
 from anomalygen.render.tasks import check_memory, worker_bytes
 from anomalygen.store.format import MAX_SIZE
-from cli.anomalygen_cli import main as anomalygen_main
+from anomalygen_cli.anomalygen_cli import main as anomalygen_main
 from tests.synthetic import make_fundus, run_cli, write_sources
 
 GB = 10**9  # as format_bytes counts
@@ -129,7 +129,9 @@ def test_train_refuses_an_absurd_size_in_one_line(tmp_path: Path) -> None:
     from tests.synthetic import render_tiny_store
 
     store = render_tiny_store(tmp_path, 8)
-    config, network = make_configs("small", size=100_352, steps=1, workers=0, device="cpu")
+    config, network = make_configs(
+        "small", size=100_352, upsample=True, steps=1, workers=0, device="cpu"
+    )
     with pytest.raises(ConfigError) as err:
         train(store, tmp_path / "run", config, network)
     assert "larger than 4096 px" in str(err.value) and "\n" not in str(err.value)

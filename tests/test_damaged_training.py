@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from anomalygen import open_store  # noqa: E402
 from anomalygen.store import shard_key  # noqa: E402
-from cli.resynth_cli import main  # noqa: E402
+from anomalygen_cli.resynth_cli import main  # noqa: E402
 from resynth_models.data import (  # noqa: E402
     DamagedData,
     NormalsDataset,

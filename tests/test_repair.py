@@ -17,7 +17,7 @@ from anomalygen.render import render
 from anomalygen.repair import repair_store
 from anomalygen.store import shard_key
 from anomalygen.verify import verify_store
-from cli.anomalygen_cli import main as anomalygen_main
+from anomalygen_cli.anomalygen_cli import main as anomalygen_main
 from tests.synthetic import run_cli, write_sources
 
 N, SIZE, SHARD = 20, 32, 4

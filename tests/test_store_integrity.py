@@ -255,3 +255,15 @@ def test_info_does_not_count_a_lost_area_object_as_zeros(copy: Path) -> None:
     with pytest.raises(StoreError) as err:
         store_info(copy)
     assert "sample 8 (shard 2) is damaged: array 'area'" in one_line(err)
+
+
+def test_slices_and_index_arrays_are_checked_too(copy: Path) -> None:
+    i = lesioned_sample(copy, 1)
+    (copy / key("image", 1)).unlink()
+    store = open_store(copy)
+    for selection in (slice(0, 8), [0, i], np.array([i])):
+        with pytest.raises(StoreError, match=r"sample \d+ \(shard 1\) is damaged: array 'image'"):
+            store[selection]
+    images, _ = store[0:4]
+    assert images.shape == (4, SIZE, SIZE, 3) and images.any()
+    assert store[[3, 0]][0].shape == (2, SIZE, SIZE, 3)

@@ -16,7 +16,7 @@ import zarr
 from anomalygen.errors import StoreError
 from anomalygen.render import render
 from anomalygen.store import StoreWriter, location
-from cli.anomalygen_cli import main as anomalygen_main
+from anomalygen_cli.anomalygen_cli import main as anomalygen_main
 from tests.synthetic import run_cli, write_sources
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")

@@ -23,7 +23,7 @@ from anomalygen.errors import StoreError
 from anomalygen.render import render
 from anomalygen.store import store_info
 from anomalygen.verify import verify_store
-from cli.anomalygen_cli import main as anomalygen_main
+from anomalygen_cli.anomalygen_cli import main as anomalygen_main
 from tests.synthetic import run_cli, write_sources
 
 N, SIZE, SHARD = 8, 32, 4

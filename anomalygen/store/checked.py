@@ -130,6 +130,20 @@ class CheckedArrays:
         self._check(unit, name, r, values)
         return values
 
+    def picked(self, name: str, indices: np.ndarray, pool: str | None = None) -> Any:
+        """Items ``indices`` (any order) of array ``name``, read at once and each checked."""
+        unit = self.unit(pool)
+        first = int(indices[0]) if len(indices) else 0
+        try:
+            values = self.arrays[name].oindex[indices]
+        except StoreError:
+            raise
+        except Exception as err:
+            raise self._damaged(unit, name, first, f"cannot be read ({read_error(err)})") from None
+        for i, value in zip(indices, values, strict=True):
+            self._check(unit, name, range(int(i), int(i) + 1), [value])
+        return values
+
     def whole(self, name: str) -> Any:
         """All of array ``name`` in one read (to be checked shard by shard with
         :meth:`check`); a read error is one StoreError line."""

@@ -174,11 +174,11 @@ class SampleStore:
             if picks.size and not np.issubdtype(picks.dtype, np.integer):
                 raise TypeError(f"sample indices must be integers, got {picks.dtype}")
         rows = [self._index(int(i)) for i in picks]
-        arrays = self.arrays()
+        checked = self.checked()
         if isinstance(picks, range) and picks.step == 1:  # one read per array
-            return arrays[IMAGE][picks.start : picks.stop], arrays[MASK][picks.start : picks.stop]
+            return checked.items(IMAGE, picks), checked.items(MASK, picks)
         chosen = np.asarray(rows, dtype=np.int64)
-        return arrays[IMAGE].oindex[chosen], arrays[MASK].oindex[chosen]
+        return checked.picked(IMAGE, chosen), checked.picked(MASK, chosen)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(self._n):
