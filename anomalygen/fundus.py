@@ -25,20 +25,25 @@ image's) by thresholding that image, guided by the coarse mask, so its edges are
 
 from __future__ import annotations
 
+import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from anomalygen.errors import ConfigError, ImageError, one_line
+from anomalygen.files import NotRegularFile, open_regular
 
 __all__ = [
     "CLAHE_CLIP_LIMIT",
     "CLAHE_GRID",
     "MAX_PIXELS",
+    "MAX_SIDE",
     "FovParams",
     "PreparedFundus",
     "Square",
@@ -54,6 +59,10 @@ __all__ = [
 #: decoded. It is checked on the header, before decoding. It stays below Pillow's own hard limit
 #: (2 x ``Image.MAX_IMAGE_PIXELS``, about 179 megapixels) so that ours is the check users meet.
 MAX_PIXELS = 150_000_000
+
+#: Largest side a photograph is prepared at (px); the same bound as a store's size
+#: (``anomalygen.store.format.MAX_SIZE``): 48 MiB an image.
+MAX_SIDE = 4096
 
 #: CLAHE settings from the paper (section 4.1: "ClipLimit of 2 and a GridSize of 8").
 CLAHE_CLIP_LIMIT = 2.0
@@ -136,26 +145,38 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         if path.is_dir():
             raise ImageError(f"{name}: is a directory, not an image file")
-        nbytes = path.stat().st_size
+        # A FIFO, socket or device is refused without being opened (a FIFO would block).
+        fh = open_regular(path)
     except FileNotFoundError:
         raise ImageError(f"{name}: file not found") from None
     except OSError as err:
-        raise ImageError(f"{name}: cannot read ({one_line(err)})") from None
-    if nbytes == 0:
-        raise ImageError(f"{name}: empty file (0 bytes)")
+        raise ImageError(f"{name}: {_os_reason(err)}") from None
+    with fh:
+        return _decode(fh, name, max_pixels)
 
+
+def _os_reason(err: OSError) -> str:
+    if isinstance(err, NotRegularFile):
+        return str(err.strerror)
+    return f"cannot read ({one_line(err)})"
+
+
+def _decode(fh: BinaryIO, name: str, max_pixels: int) -> np.ndarray:
+    """Decode the image in the open file ``fh`` (named ``name`` in messages)."""
+    if os.fstat(fh.fileno()).st_size == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # We check the size against max_pixels ourselves; Pillow's warning would be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:  # reads the header only
+            with Image.open(fh) as im:  # reads the header only
                 _check_pixels(im.size, max_pixels, name)
                 im.load()
                 upright = _exif_upright(im)
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageError(f"{name}: image too large ({one_line(err)})") from None
+        raise ImageError(_bomb_message(name, err, max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageError(
             f"{name}: not a recognised image (unknown format, or not an image at all)"
@@ -172,8 +193,28 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         reason = one_line(err)
         if "truncat" in reason.lower():
             raise ImageError(f"{name}: truncated image data ({reason})") from None
+        if any(sign in reason for sign in _METADATA_BOMB):  # PNG text or ICC profile chunks
+            raise ImageError(
+                f"{name}: refused: its metadata chunks decompress to more than Pillow's limit "
+                f"({ImageFile.SAFEBLOCK >> 20} MB a chunk; a decompression bomb?)"
+            ) from None
         raise ImageError(f"{name}: corrupt or unsupported image data ({reason})") from None
     return _to_rgb8(upright, name)
+
+
+#: What Pillow's PNG reader says of text and ICC chunks that decompress to too much.
+_METADATA_BOMB = ("Decompressed data too large", "MAX_TEXT_MEMORY")
+
+
+def _bomb_message(name: str, err: Exception, max_pixels: int) -> str:
+    """Our message for Pillow's DecompressionBombError (raised on the header, before decoding:
+    the image claims more pixels than Pillow's own hard limit)."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    claimed = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
+    return (
+        f"{name}: image too large ({claimed}, limit {max_pixels / 1e6:.0f}); refused before "
+        "decoding (a decompression bomb?)"
+    )
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
@@ -630,8 +671,8 @@ def prepare_fundus(
 
     Raises :class:`ImageError` ``"<name>: no field of view (...)"`` if none can be found.
     """
-    if not isinstance(size, int | np.integer) or size < 8:
-        raise ConfigError(f"size: must be an integer of at least 8 pixels, got {size!r}")
+    if not isinstance(size, int | np.integer) or not 8 <= size <= MAX_SIDE:
+        raise ConfigError(f"size: must be an integer from 8 to {MAX_SIDE} pixels, got {size!r}")
     rgb = _check_rgb(rgb, name)
     det = _detect(rgb, params or FovParams(), name)
     longest = max(det.bbox[2] - det.bbox[0], det.bbox[3] - det.bbox[1])

@@ -9,12 +9,14 @@ Nothing is decoded here: unusable files are found, and reported, when phase 1 pr
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from anomalygen.errors import ConfigError, one_line
+from anomalygen.files import open_regular
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -142,7 +144,8 @@ def _walk(root: Path) -> list[SourceFile]:
 
 def _read_list(list_file: Path) -> list[SourceFile]:
     try:
-        text = list_file.read_text(encoding="utf-8-sig")
+        with open_regular(list_file) as fh:  # a FIFO would block: never opened
+            text = fh.read().decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(
             f"--src: {list_file} is neither a folder nor a text file listing image paths"
@@ -207,7 +210,7 @@ def read_labels(path: str | os.PathLike, what: str = "--labels") -> LabelsTable:
     Blank rows are skipped; an unnamed first column (a pandas index) is kept as ``""``."""
     path = Path(path).expanduser()
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
+        with io.TextIOWrapper(open_regular(path), encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh)
             header = tuple(h.strip() for h in next(reader, []))
             rows = []

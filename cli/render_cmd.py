@@ -379,30 +379,79 @@ def verify(
         typer.Option("--samples", help="Spot check: samples read besides one per shard.", min=0),
     ] = 32,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the spot check.")] = 0,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Render every damaged or missing shard again (a full check first), with the "
+            "store's own parameters: the repaired store is byte-identical to an undamaged one.",
+        ),
+    ] = False,
+    src: Annotated[
+        Path | None,
+        typer.Option("--src", help="With --repair: where the source photographs are now."),
+    ] = None,
+    texture_dir: Annotated[
+        Path | None,
+        typer.Option("--texture-dir", help="With --repair: where the textures are now."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", help="With --repair: worker processes.", min=1)
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     storage_option: opt.StorageOption = None,
 ) -> None:
     """Check a store's integrity and contracts; exit 1 listing the problems if any.
 
-    Shards complete and readable (truncated or corrupted shard files are caught), masks binary
-    and inside the FOV, images equal to their target outside the mask, metadata consistent.
+    Shards complete and readable (truncated or corrupted shard files are caught), every item
+    matching the digest written with it, masks binary and inside the FOV, images equal to their
+    target outside the mask, metadata consistent. --repair renders the damaged shards again.
     """
     from anomalygen.store import parse_storage_options
     from anomalygen.verify import verify_store
 
+    options = parse_storage_options(storage_option)
+    if repair:
+        _repair(store, src, texture_dir, workers, quiet, options)
+        return
+    if src is not None or texture_dir is not None:
+        fail("--src and --texture-dir: only with --repair")
     report = verify_store(
-        store,
-        full=full,
-        samples=samples,
-        seed=seed,
-        progress=not quiet,
-        storage_options=parse_storage_options(storage_option),
+        store, full=full, samples=samples, seed=seed, progress=not quiet, storage_options=options
     )
+    _print_report(report)
+    typer.echo(report.summary())
+    if not report.ok:
+        sys.stdout.flush()
+        raise typer.Exit(1)
+
+
+def _print_report(report: Any) -> None:
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
     for problem in report.problems:
         typer.echo(f"problem: {problem}")
-    typer.echo(report.summary())
-    if not report.ok:
+
+
+def _repair(
+    store: str,
+    src: Path | None,
+    textures: Path | None,
+    workers: int,
+    quiet: bool,
+    options: dict | None,
+) -> None:
+    from anomalygen.repair import repair_store
+
+    result = repair_store(
+        store, src=src, textures=textures, workers=workers, storage_options=options,
+        progress=not quiet,
+    )  # fmt: skip
+    _print_report(result.found)
+    if result.after is not None:
+        for problem in result.after.problems:
+            typer.echo(f"problem after the repair: {problem}")
+    typer.echo(result.summary())
+    if not result.ok:
         sys.stdout.flush()
         raise typer.Exit(1)

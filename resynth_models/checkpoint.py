@@ -26,6 +26,7 @@ model, its input size, whether inputs get CLAHE, and ``anomaly_map(x)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -45,6 +46,7 @@ from anomalygen.config import from_dict
 from anomalygen.errors import ConfigError, StoreError
 from resynth_models.devices import resolve_device
 from resynth_models.networks import (
+    MAX_SIDE,
     NetworkConfig,
     ReconstructionNet,
     ReSynthDetect,
@@ -80,6 +82,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 STATE_DIR = "state"
 SCORINGS = ("localization", "reconstruction")
+#: Smallest training side (px) a run config may hold (TrainConfig's own lower bound).
+MIN_TRAIN_SIZE = 8
 
 
 class CheckpointError(StoreError):
@@ -131,27 +135,92 @@ def stage_weights_path(run_dir: str | os.PathLike, stage: int) -> Path:
     return Path(run_dir) / f"stage{stage}.safetensors"
 
 
+#: The metadata key of a tensors file's own digest: sha256 (hex) of its header (this key left
+#: out, as canonical JSON) and its tensor data. Written into every weights and state file and
+#: checked on every load, so that a damaged file is refused instead of loaded with changed
+#: weights (64 flipped bytes turned 16 weights from about 0.02 into about 200). Files written
+#: before it have none and load as before.
+DIGEST_KEY = "sha256"
+
+
+def _header(data: bytes) -> tuple[dict[str, Any], int]:
+    """A safetensors file's header (JSON) and where its tensor data start."""
+    size = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or size > len(data) - 8:
+        raise ValueError("the header runs past the end of the file")
+    header = json.loads(data[8 : 8 + size])
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header, 8 + size
+
+
+def _content_digest(header: Mapping[str, Any], data: bytes, start: int) -> str:
+    """sha256 of the header without its digest (canonical JSON) and the tensor data."""
+    canonical = dict(header)
+    canonical["__metadata__"] = {
+        k: v for k, v in (header.get("__metadata__") or {}).items() if k != DIGEST_KEY
+    }
+    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(b"\0")
+    digest.update(memoryview(data)[start:])
+    return digest.hexdigest()
+
+
 def _tensors_to_bytes(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of ``tensors`` whose metadata hold its own content digest."""
     # safetensors wants contiguous CPU tensors that share no memory.
     plain = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    return st_save(plain, metadata=metadata)
+    first = st_save(plain, metadata=metadata)
+    header, start = _header(first)
+    # The metadata do not move the tensor data: the digest of the first serialisation is the
+    # digest of the second, which holds it.
+    data = st_save(plain, metadata={**metadata, DIGEST_KEY: _content_digest(header, first, start)})
+    if _damage(data) is not None:  # pragma: no cover - safetensors changed its layout
+        raise RuntimeError("a tensors file does not match the digest written into it")
+    return data
 
 
-def _read_tensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _damage(data: bytes) -> str | None:
+    """None if a tensors file matches the digest recorded in it (or records none: an older
+    file); else what is wrong."""
+    header, start = _header(data)
+    recorded = (header.get("__metadata__") or {}).get(DIGEST_KEY)
+    if recorded is None or _content_digest(header, data, start) == recorded:
+        return None
+    return (
+        f"damaged: its content does not match the sha256 written into it ({str(recorded)[:12]}...)"
+    )
+
+
+def _read_tensors(
+    path: Path, what: str, sha256: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A tensors file's tensors and metadata, checked against the digest written into it and,
+    with ``sha256``, against the file's sha256 recorded elsewhere (a state's JSON record)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: {what} not found") from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(
+            f"{path}: the {what} is not the file its record names (its sha256 differs from "
+            "the one recorded when it was written); resume from an earlier run or start again"
+        )
     try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
+        damage = _damage(data)
+        if damage is None:
+            tensors = st_load(data)
+            metadata = _header(data)[0].get("__metadata__", {}) or {}
     except (SafetensorError, ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(
             f"{path}: not a valid safetensors file ({' '.join(str(err).split())})"
         ) from None
+    if damage is not None:
+        raise CheckpointError(
+            f"{path}: the {what} is {damage}; restore it from a copy or train again"
+        )
     return tensors, metadata
 
 
@@ -325,16 +394,15 @@ def save_state(
     tensors.update(optim_tensors)
     tensors.update(rng_tensors)
     name = f"stage{stage}-{step:09d}.safetensors"
-    atomic_write_bytes(
-        folder / name,
-        _tensors_to_bytes(tensors, {"format": STATE_FORMAT, "stage": str(stage)}),
-    )
+    data = _tensors_to_bytes(tensors, {"format": STATE_FORMAT, "stage": str(stage)})
+    atomic_write_bytes(folder / name, data)
     record = {
         "format": STATE_FORMAT,
         "format_version": RUN_FORMAT_VERSION,
         "stage": stage,
         "step": int(step),
         "tensors": name,
+        "tensors_sha256": hashlib.sha256(data).hexdigest(),  # checked by load_state
         "optimizer": optim_info,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_info,
@@ -377,7 +445,8 @@ def load_state(
     folder, record_path = _state_paths(run_dir, stage)
     if record is None:
         raise CheckpointError(f"{record_path}: no saved stage-{stage} training state to resume")
-    tensors, _ = _read_tensors(folder / record["tensors"], "training state tensors")
+    sha256 = record.get("tensors_sha256")  # absent in states written before it
+    tensors, _ = _read_tensors(folder / record["tensors"], "training state tensors", sha256)
     model_sd = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     load_module_weights(model, model_sd, str(folder / record["tensors"]))
     try:
@@ -513,6 +582,7 @@ def load_detector(
     if scoring not in SCORINGS:
         raise ConfigError(f"scoring: must be one of {', '.join(SCORINGS)}, got {scoring!r}")
     network = network_config(config, str(run / CONFIG_FILE))
+    size = _training_size(config, run / CONFIG_FILE)  # before anything is sized by it
     stage = 2 if scoring == "localization" else 1
     path = stage_weights_path(run, stage)
     if not path.exists():
@@ -539,10 +609,6 @@ def load_detector(
     model = model.to(dev)
     model = model.to(memory_format=torch.channels_last)
     data = config.get("data", {})
-    try:
-        size = int(data["size"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{run / CONFIG_FILE}: no training size under 'data'") from None
     return Detector(
         model,
         size=size,
@@ -554,6 +620,20 @@ def load_detector(
         threshold=_threshold(metadata, path) if stage == 2 else None,
         flip=flip,
     )
+
+
+def _training_size(config: Mapping[str, Any], where: Path) -> int:
+    """The side the run trained at (``data.size``), checked before anything is sized by it."""
+    data = config.get("data")
+    size = data.get("size") if isinstance(data, dict) else None
+    if size is None:
+        raise CheckpointError(f"{where}: no training size under 'data'")
+    if type(size) is not int or not MIN_TRAIN_SIZE <= size <= MAX_SIDE:
+        raise CheckpointError(
+            f"{where}: training size data.size {size!r} is not an integer from "
+            f"{MIN_TRAIN_SIZE} to {MAX_SIDE} (a damaged or edited run config)"
+        )
+    return size
 
 
 def _threshold(metadata: dict[str, str], path: Path) -> float | None:

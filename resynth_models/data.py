@@ -47,6 +47,7 @@ from resynth_models.photometric import (
 )
 
 __all__ = [
+    "DamagedData",
     "GeometryConfig",
     "NormalsDataset",
     "Split",
@@ -54,6 +55,7 @@ __all__ = [
     "SyntheticDataset",
     "apply_geometry",
     "augment_rng",
+    "checked_read",
     "draw_geometry",
     "n_normals",
     "resize_image",
@@ -218,6 +220,40 @@ def _key(key: Any) -> tuple[int, int]:
 # Datasets
 
 
+class DamagedData(StoreError):
+    """A sample or photograph of the training store could not be read, or is damaged.
+
+    The message is one line, also when the error happens in a DataLoader worker: torch
+    re-raises a worker's exception in the training process as the same type, built from a
+    message that holds the worker's whole traceback ("Caught DamagedData in DataLoader worker
+    process 0. Original Traceback ..."); this type keeps only its own line of it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_own_line(message))
+
+
+def _own_line(message: str) -> str:
+    """``message``, or the original one-line message inside torch's re-raised text."""
+    if not message.startswith("Caught ") or "Traceback" not in message:
+        return message
+    prefix = f"{DamagedData.__module__}.{DamagedData.__qualname__}: "
+    for line in reversed(message.splitlines()):
+        if line.startswith(prefix):
+            return line[len(prefix) :]
+    lines = [line for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else message
+
+
+def checked_read(read: Any) -> Any:
+    """``read()``, a :class:`StoreError` (a damaged sample, a lost object) raised as
+    :class:`DamagedData`, which stays one line through DataLoader workers."""
+    try:
+        return read()
+    except StoreError as err:
+        raise DamagedData(f"--data: {err}") from None
+
+
 def n_normals(store: Any) -> int:
     """Number of usable normal photographs in ``store``; :class:`StoreError` if there are none."""
     try:
@@ -297,7 +333,7 @@ class NormalsDataset(_StoreDataset):
     def __getitem__(self, key: Any) -> dict[str, torch.Tensor]:
         epoch, k = _key(key)
         j = int(self.indices[k])
-        image, fov = self.store.normals[j]
+        image, fov = checked_read(lambda: self.store.normals[j])
         image, fov = resize_image(image, self.size), resize_mask(fov, self.size)
         image, (fov,) = apply_geometry(image, [fov], self._geometry(epoch, j))
         image = self._photometric(image, epoch, j)
@@ -332,11 +368,12 @@ class SyntheticDataset(_StoreDataset):
     def __getitem__(self, key: Any) -> dict[str, torch.Tensor]:
         epoch, k = _key(key)
         i = int(self.indices[k])
-        image, mask = self.store[i]
+        image, mask = checked_read(lambda: self.store[i])
         fov = None
         if self.with_fov:
             # I_G is its target photograph outside the lesions, so the target's FOV is I_G's.
-            fov = resize_mask(self.store.normals[int(self.store.meta(i)["target"])][1], self.size)
+            target_fov = checked_read(lambda: self.store.normals[self.store.meta(i)["target"]][1])
+            fov = resize_mask(target_fov, self.size)
         image, mask = resize_image(image, self.size), resize_mask(mask, self.size, any_part=True)
         image, (mask, fov) = apply_geometry(image, [mask, fov], self._geometry(epoch, i))
         image = self._photometric(image, epoch, i)

@@ -32,10 +32,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomalygen.errors import ConfigError
+from anomalygen.store.format import MAX_SIZE
 
 REC_FEATURES = ("trained", "random", "none", "image")  # the rows of the paper's Table 3
 NORMS = ("group", "batch", "instance")
 MAX_MULT_LOG2 = 3  # channel multiplier doubles per level up to 8x (DRAEM's encoders)
+#: Widest first level accepted (ours: 8x our default of 32, twice DRAEM's 128; 2,048 channels at
+#: the deepest levels). A config.json asking for more is damaged or hostile: it would try to
+#: allocate terabytes.
+MAX_WIDTH = 256
+#: Largest image side a network trains on or scores at (px): the store's own bound.
+MAX_SIDE = MAX_SIZE
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class NetworkConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 4:
                 raise ConfigError(f"NetworkConfig.{name}: must be an integer >= 4, got {value!r}")
+            if value > MAX_WIDTH:
+                raise ConfigError(f"NetworkConfig.{name}: must be at most {MAX_WIDTH}, got {value}")
         for name in ("rec_depth", "loc_depth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
@@ -146,6 +155,11 @@ def level_channels(width: int, depth: int) -> tuple[int, ...]:
 
 def check_input_size(height: int, width: int, depth: int) -> None:
     """Raise ConfigError unless an image of ``height`` x ``width`` fits a network of ``depth``."""
+    if max(height, width) > MAX_SIDE:
+        raise ConfigError(
+            f"image size {height}x{width}: larger than {MAX_SIDE} px, the largest side a "
+            "network trains on or scores at"
+        )
     multiple = 2 ** (depth - 1)
     if height % multiple or width % multiple:
         raise ConfigError(

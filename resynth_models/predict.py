@@ -144,7 +144,9 @@ def find_inputs(inputs: Sequence[str | Path]) -> list[InputImage]:
             if not files:
                 raise ConfigError(f"{entry}: no image files in this folder (searched recursively)")
             found += [InputImage(f.name, f.path) for f in files]
-        elif path.is_file():
+        elif path.exists():
+            # A file, or a FIFO, socket or device: reading refuses those with a reason (never
+            # opening them), and the photograph is reported as skipped like any unusable one.
             found.append(InputImage(path.name, path))
         else:
             raise ConfigError(f"{entry}: no such file or folder")

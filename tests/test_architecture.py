@@ -29,7 +29,18 @@ CLI = "anomalygen_cli"
 #: Inside these packages, a module imports only the modules listed before it (and modules
 #: outside the package); the package's ``__init__`` is its public face and comes last.
 LAYERS = {
-    "anomalygen.store": ["options", "format", "location", "access", "reader", "writer", "info"],
+    "anomalygen.store": [
+        "options",
+        "format",
+        "schema",
+        "digests",
+        "location",
+        "access",
+        "checked",
+        "reader",
+        "writer",
+        "info",
+    ],
     "anomalygen.render": ["threads", "cache", "tasks", "runners", "dask", "lock", "coordinator"],
 }
 #: Who may import the render coordinator: the CLI, and the render package's public face.

@@ -3,8 +3,9 @@
 Every array's contents, every object that zarr wrote for it (its ``zarr.json``, chunks and
 shards) and the group attributes that do not change between two renders of the same content are
 compared with values recorded literally below, from the renderer as it was before the redesign
-of issue 11 (commit 9e9320c). A change to the generator, the store layout or the renderer that
-alters a single byte of a store fails here.
+of issue 11 (commit 9e9320c); format version 2 (issue 10) added the ``digests`` and
+``<pool>_digests`` arrays and left every other array's bytes as they were. A change to the
+generator, the store layout or the renderer that alters a single byte of a store fails here.
 
 The generator configuration is pinned: :func:`pinned_generator` builds it from
 ``PAPER_GENERATOR``, today's field values written out, so that a default changed later does not
@@ -206,7 +207,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 def fundus_attrs(photographs: Path) -> dict[str, Any]:
     return {
         "format": "anomalygen-store",
-        "format_version": 1,
+        "format_version": 2,
         "n": 60,
         "size": 64,
         "seed": 7,
@@ -231,12 +232,14 @@ def fundus_attrs(photographs: Path) -> dict[str, Any]:
 FUNDUS_DIGESTS: dict[str, dict[str, str]] = {
     "contents": {
         "area": "b71777588773cc8c",
+        "digests": "f926ae2d1a2af55b",
         "done": "d050f288bd863268",
         "image": "7ef5ed750b6b4d0c",
         "lesions": "c6ffbd549f349e7f",
         "mask": "c61c5d2c33b04b78",
         "meta": "cfd7864d5a8be05a",
         "normals": "5f696f8d09664fa9",
+        "normals_digests": "14d097b3af9a9644",
         "normals_done": "1d73d8bc7d569bed",
         "normals_fov": "9a39c1962b9522e1",
         "normals_info": "e44285f5bb184ceb",
@@ -245,12 +248,14 @@ FUNDUS_DIGESTS: dict[str, dict[str, str]] = {
     },
     "objects": {
         "area": "1ed6bed8927cb8b6",
+        "digests": "f279a6678a076c8e",
         "done": "55f5484f9782f1ae",
         "image": "19bcd730452f254b",
         "lesions": "414cf6017465444c",
         "mask": "a48a318979b9358c",
         "meta": "93ce3a5d05784850",
         "normals": "c9d1b9c74c2dffd3",
+        "normals_digests": "6ee26c057f5e8e61",
         "normals_done": "8cac1cea1808908b",
         "normals_fov": "2ca930641ec5c946",
         "normals_info": "d29d1f7bd5eeb429",
@@ -284,7 +289,7 @@ def test_fundus_render_is_unchanged(inputs, tmp_path, runner: dict[str, Any]) ->
 def texture_attrs(photographs: Path, textures: Path) -> dict[str, Any]:
     return {
         "format": "anomalygen-store",
-        "format_version": 1,
+        "format_version": 2,
         "n": 20,
         "size": 48,
         "seed": 3,
@@ -310,35 +315,41 @@ def texture_attrs(photographs: Path, textures: Path) -> dict[str, Any]:
 TEXTURE_DIGESTS: dict[str, dict[str, str]] = {
     "contents": {
         "area": "2476dfcceac00cce",
+        "digests": "a89ebb53a4c015e0",
         "done": "39a1cfe4d7d59e6b",
         "image": "1afac830954e8bc2",
         "lesions": "b176238dbc5e3efa",
         "mask": "bfc60e51bf8e5abb",
         "meta": "08693f1b03d8012f",
         "normals": "cfd1771096bb1ca3",
+        "normals_digests": "ccdf867decfe3c99",
         "normals_done": "1d73d8bc7d569bed",
         "normals_fov": "abdef7ee0881c9d2",
         "normals_info": "e44285f5bb184ceb",
         "source": "32c7fdc2f50fd999",
         "target": "47958092583a3ebc",
         "textures": "1664aa14d96e146b",
+        "textures_digests": "e2680474f38ccf9d",
         "textures_done": "1d73d8bc7d569bed",
         "textures_info": "9bfc74643ad9ae9e",
     },
     "objects": {
         "area": "bfc90d3c410025ab",
+        "digests": "98bbb53fb8ff3d24",
         "done": "4ac20404469b9398",
         "image": "147ca42bbb1e55ad",
         "lesions": "f498392f9d9fc0d2",
         "mask": "8e49695e2b04ced6",
         "meta": "493ff84e9f0d7f3e",
         "normals": "baac3b78086297f9",
+        "normals_digests": "a3514cb16b07ef52",
         "normals_done": "8cac1cea1808908b",
         "normals_fov": "528bdc9f204ec60f",
         "normals_info": "0961b4c731e8ce6b",
         "source": "e052919dfeb00ee9",
         "target": "26670fc190a4fb58",
         "textures": "dc96d9793134178f",
+        "textures_digests": "4a194647e7c8d9ab",
         "textures_done": "80ba7125c32319a0",
         "textures_info": "f0f3f5b3983f9f93",
     },

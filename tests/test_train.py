@@ -330,9 +330,9 @@ def test_bad_store_inputs(store: str, tmp_path: Path) -> None:
     copy = tmp_path / "copy.zarr"
     shutil.copytree(store, copy)
     meta = json.loads((copy / "zarr.json").read_text())
-    meta["attributes"]["pools"] = {}  # a store without normals
+    meta["attributes"]["pools"] = {}  # a store without normals: refused on open
     (copy / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(StoreError, match="no prepared normal photographs"):
+    with pytest.raises(StoreError, match="attribute 'pools' must map 'normals'"):
         train(copy, tmp_path / "r", config, net, progress=False)
     meta["attributes"]["format_version"] = 99
     (copy / "zarr.json").write_text(json.dumps(meta))

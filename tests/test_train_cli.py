@@ -69,7 +69,7 @@ def test_bad_stores(monkeypatch, capsys, store: Path, tmp_path: Path) -> None:
     meta["attributes"]["pools"] = {}
     (broken / "zarr.json").write_text(json.dumps(meta))
     code, _, err = run(monkeypatch, capsys, "train", "--data", broken, "--out", out, *TINY)
-    _one_line_error(code, err, "no prepared normal photographs")
+    _one_line_error(code, err, "attribute 'pools' must map 'normals'")  # refused on open
 
     meta["attributes"]["format_version"] = 42
     (broken / "zarr.json").write_text(json.dumps(meta))

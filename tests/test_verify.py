@@ -13,6 +13,7 @@ import zarr
 from anomalygen import store as st
 from anomalygen.errors import StoreError
 from anomalygen.render import render
+from anomalygen.store import digests as dg
 from anomalygen.verify import verify_store
 from tests.synthetic import write_sources
 
@@ -86,6 +87,15 @@ def test_incomplete_shard_is_reported(copy: Path) -> None:
     assert any("1 of 3 shards are not complete (first: shard 2" in p for p in problems), problems
 
 
+def rewrite_shard_0(group: zarr.Group, **arrays: np.ndarray) -> None:
+    """Write shard 0 of ``arrays`` whole, as the renderer does, with matching digests: what a
+    renderer with a bug would write (the contracts must still catch it)."""
+    for name, values in arrays.items():
+        group[name][0:SHARD] = values
+    items = {name: group[name][0:SHARD] for name in dg.SAMPLE_COLUMNS}
+    group["digests"][0:SHARD] = dg.item_digests(dg.SAMPLE_COLUMNS, items)
+
+
 def test_broken_contracts_are_reported(copy: Path) -> None:
     group = zarr.open_group(str(copy), mode="r+")
     images, masks = group["image"][0:SHARD], group["mask"][0:SHARD]
@@ -93,20 +103,33 @@ def test_broken_contracts_are_reported(copy: Path) -> None:
     i = int(np.flatnonzero(area[:SHARD] > 0)[0])  # an anomalous sample in shard 0
     images[i][masks[i] == 0] ^= 1  # the image no longer equals its target outside the mask
     masks[(i + 1) % SHARD, 0, 0] = 2  # not binary
-    group["image"][0:SHARD] = images  # whole shards, as the renderer writes them
-    group["mask"][0:SHARD] = masks
-    problems = _problems(copy, full=True)
+    rewrite_shard_0(group, image=images, mask=masks)
+    report = verify_store(str(copy), full=True)
+    problems = report.problems
     assert any(f"sample {i} (shard 0): image differs from its target" in p for p in problems)
     assert any(f"sample {(i + 1) % SHARD} (shard 0): mask has values" in p for p in problems)
+    assert report.damaged == {"samples": {0}}
 
 
 def test_inconsistent_metadata_is_reported(copy: Path) -> None:
     group = zarr.open_group(str(copy), mode="r+")
     area = group["area"][0:SHARD]
     area[3] += 5
-    group["area"][0:SHARD] = area
+    rewrite_shard_0(group, area=area)
     problems = _problems(copy)
     assert any(p.startswith("sample 3 (shard 0): area array") for p in problems), problems
+
+
+def test_data_changed_without_its_digests_is_reported(copy: Path) -> None:
+    """Data replaced behind the writer's back (another store's object, an edit) no longer
+    matches the digests written with it."""
+    group = zarr.open_group(str(copy), mode="r+")
+    area = group["area"][0:SHARD]
+    area[3] += 5
+    group["area"][0:SHARD] = area
+    report = verify_store(str(copy))
+    assert "sample 3 (shard 0): area does not match the digest written with it" in report.problems
+    assert report.damaged == {"samples": {0}}
 
 
 def test_not_a_store_raises(tmp_path: Path) -> None:

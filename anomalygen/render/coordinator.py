@@ -30,6 +30,8 @@ from anomalygen.render.tasks import (
     SampleSpec,
     Task,
     TaskReport,
+    check_memory,
+    physical_memory,
 )
 from anomalygen.sources import SourceList, find_sources
 from anomalygen.store.access import access_errors
@@ -38,6 +40,11 @@ from anomalygen.store.format import (
     DEFAULT_CODEC,
     DEFAULT_SHARD_SIZE,
     DONE,
+    MAX_N,
+    MAX_SEED,
+    MAX_SHARD_SIZE,
+    MAX_SIZE,
+    MIN_SIZE,
     NORMALS,
     POOL_SHARD_SIZE,
     SAMPLE_ARRAYS,
@@ -63,8 +70,6 @@ __all__ = [
 #: bounded share of a large one, where most reads miss (each miss costs about 5 ms at 768 px:
 #: rendering runs at about half the speed it reaches with a small source set).
 DEFAULT_CACHE_MB = 256
-#: Smallest image side the renderer accepts (the generator needs room for its crops).
-MIN_SIZE = 32
 
 
 class RenderInterrupted(KeyboardInterrupt):
@@ -220,6 +225,8 @@ def render(
     files = _find_files(src, textures, config)
     where = location(out, storage_options)
     loc, n_workers, scheduler, notes = _placement(where, workers, scheduler)
+    if scheduler is None:  # a cluster's workers are other machines, with their own memory
+        check_memory(int(size), int(shard_size), n_workers, physical_memory())
     spec = RenderSpec(
         n=int(n), size=int(size), seed=int(seed), shard_size=int(shard_size), codec=codec,
         clahe=bool(clahe), generator=config, sources=_listing(files[NORMALS]),
@@ -244,15 +251,17 @@ def _generator_config(config: Any) -> Any:
 def _check_options(
     *, n: int, size: int, seed: int, shard_size: int, codec: str, cache_mb: int
 ) -> None:
-    def positive_int(name: str, value: Any, low: int) -> None:
+    def bounded_int(name: str, value: Any, low: int, high: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
             raise ConfigError(f"--{name}: must be an integer >= {low}, got {value!r}")
+        if value > high:
+            raise ConfigError(f"--{name}: must be at most {high:,}, got {value:,}")
 
-    positive_int("n", n, 1)
-    positive_int("size", size, MIN_SIZE)
-    positive_int("seed", seed, 0)
-    positive_int("shard-size", shard_size, 1)
-    positive_int("cache-mb", cache_mb, 1)
+    bounded_int("n", n, 1, MAX_N)
+    bounded_int("size", size, MIN_SIZE, MAX_SIZE)
+    bounded_int("seed", seed, 0, MAX_SEED)
+    bounded_int("shard-size", shard_size, 1, MAX_SHARD_SIZE)
+    bounded_int("cache-mb", cache_mb, 1, 1 << 30)
     if codec not in CODECS:
         raise ConfigError(f"--codec: unknown codec {codec!r} (choose from {', '.join(CODECS)})")
 

@@ -22,7 +22,15 @@ from typing import Any, Protocol
 from anomalygen.errors import StoreError, one_line
 from anomalygen.store.location import StoreLocation
 
-__all__ = ["LOCK_HEARTBEAT", "LOCK_STALE_AFTER", "FileLock", "Lock", "ObjectLock", "lock_for"]
+__all__ = [
+    "LOCK_HEARTBEAT",
+    "LOCK_STALE_AFTER",
+    "FileLock",
+    "Lock",
+    "ObjectLock",
+    "lock_for",
+    "lock_holder",
+]
 
 #: An object lock whose heartbeat is older than this is taken over (seconds). Our choice: eight
 #: missed heartbeats, so a render is never taken over for a slow object store alone, while a
@@ -186,3 +194,33 @@ class ObjectLock:
             held = self.holder()
             if held is not None and held.get("owner") == self.owner:
                 self._folder.delete(self._key)
+
+
+def lock_holder(loc: StoreLocation) -> str | None:
+    """Who holds the render lock of ``loc`` now, in words, or None if no render does.
+
+    A local store's ``flock`` is probed with a shared lock, taken and released at once (a
+    render that starts in that instant is refused and can simply be run again); an object
+    lock is held while its heartbeat is fresher than ``LOCK_STALE_AFTER``.
+    """
+    path = loc.local_path
+    if path is None:
+        held = ObjectLock(loc).holder()
+        if held is None or time.time() - float(held.get("heartbeat", 0.0)) >= LOCK_STALE_AFTER:
+            return None
+        return f"render {held.get('owner')}"
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no folder: nobody renders there
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return "a render on this machine"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -17,7 +17,7 @@ go (the coordinator died; the store was started over).
 
 from __future__ import annotations
 
-import hashlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,17 +26,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from anomalygen.errors import AnomalygenError
+from anomalygen.errors import AnomalygenError, ConfigError, StoreError
+from anomalygen.files import sha256_file
+from anomalygen.progress import format_bytes
 from anomalygen.render.cache import PoolCache
+from anomalygen.store.digests import MISSING, SAMPLE_COLUMNS, item_digests, pool_columns
 from anomalygen.store.format import NORMALS, TEXTURES, RenderSpec
 from anomalygen.store.location import StoreLocation
 from anomalygen.store.reader import SampleStore
-from anomalygen.store.writer import StoreWriter
+from anomalygen.store.writer import StoreWriter, pool_items, sample_items
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomalygen.generator import GeneratorConfig
 
 __all__ = [
+    "Expected",
     "PoolFile",
     "PreparePoolShard",
     "RenderShard",
@@ -44,7 +48,11 @@ __all__ = [
     "Task",
     "TaskReport",
     "WorkerState",
+    "check_expected",
+    "check_memory",
+    "physical_memory",
     "run_task",
+    "worker_bytes",
 ]
 
 
@@ -137,15 +145,37 @@ class PoolFile:
     bytes: int
 
 
+#: Digests a task must reproduce before it writes (a repair): one row per item of the shard,
+#: one digest per column (``anomalygen.store.digests``), MISSING where none is known.
+Expected = tuple[tuple[int, ...], ...]
+
+
+def check_expected(loc: StoreLocation, what: str, expect: Expected, got: np.ndarray) -> None:
+    """Raise :class:`StoreError` unless every known digest of ``expect`` equals ``got``'s:
+    the shard made again is not the one the store recorded (another anomalygen version,
+    generator or source file), and must not be written in its place."""
+    recorded = np.asarray(expect, dtype=np.uint32).reshape(got.shape)
+    differs = (recorded != MISSING) & (recorded != got)
+    if differs.any():
+        k, column = (int(x) for x in np.argwhere(differs)[0])
+        raise StoreError(
+            f"{loc}: {what} made again differs from what the store recorded (item {k}, "
+            f"column {column}): this anomalygen does not reproduce the store (another version, "
+            "generator or source file?); nothing was written"
+        )
+
+
 @dataclass(frozen=True)
 class PreparePoolShard:
-    """Prepare the files of pool shard ``shard`` of ``pool`` at ``size`` px and write them."""
+    """Prepare the files of pool shard ``shard`` of ``pool`` at ``size`` px and write them;
+    with ``expect`` (a repair), only if they match those digests."""
 
     pool: str
     shard: int
     files: tuple[PoolFile, ...]
     size: int
     clahe: bool
+    expect: Expected | None = None
 
     @property
     def key(self) -> str:
@@ -162,7 +192,7 @@ class PreparePoolShard:
         for j, file in enumerate(self.files):
             info: dict[str, Any] = {"name": file.name, "bytes": file.bytes, "sha256": None}
             try:
-                info["sha256"] = _sha256(file.path)
+                info["sha256"] = sha256_file(file.path)  # regular files only
                 if fovs is not None:
                     prepared = _prepare_normal(file, size, self.clahe)
                     images[j], fovs[j] = prepared.image, prepared.fov
@@ -172,6 +202,10 @@ class PreparePoolShard:
             except Exception as err:  # any unusable file is reported, never fatal here
                 info.update(usable=False, reason=_reason(err, file))
             infos.append(info)
+        if self.expect is not None:
+            items = pool_items(self.pool, images, fovs, infos)
+            got = item_digests(pool_columns(self.pool), items)
+            check_expected(state.loc, f"{self.pool} shard {self.shard}", self.expect, got)
         state.guard()
         state.writer.write_pool(self.pool, self.shard, self.files[0].slot, images, fovs, infos)
         return TaskReport(infos=tuple(infos))
@@ -193,14 +227,6 @@ def _prepare_texture(file: PoolFile, size: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
     return cv2.resize(rgb, (size, size), interpolation=interp)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _reason(err: BaseException, file: PoolFile) -> str:
@@ -239,10 +265,12 @@ class SampleSpec:
 
 @dataclass(frozen=True)
 class RenderShard:
-    """Make the samples of shard ``shard`` and write them."""
+    """Make the samples of shard ``shard`` and write them; with ``expect`` (a repair), only if
+    they match those digests."""
 
     shard: int
     spec: SampleSpec
+    expect: Expected | None = None
 
     @property
     def key(self) -> str:
@@ -256,9 +284,56 @@ class RenderShard:
         start = self.shard * self.spec.shard_size
         samples = range(start, min(start + self.spec.shard_size, self.spec.n))
         images, masks, targets, sources, metas = renderer.render(samples, state.cache)
+        if self.expect is not None:
+            items = sample_items(images, masks, targets, sources, metas)
+            got = item_digests(SAMPLE_COLUMNS, items)
+            check_expected(state.loc, f"shard {self.shard}", self.expect, got)
         state.guard()
         state.writer.write_samples(self.shard, start, images, masks, targets, sources, metas)
         return TaskReport(samples=len(samples))
+
+
+#: Memory a render worker needs per pixel of one image side squared, besides its cache: the
+#: shard's image and mask buffers (4 bytes a pixel per sample), held twice while zarr encodes
+#: them, and the generator's per-sample float copies (ours: at most ~40 bytes a pixel).
+SHARD_BYTES_PER_PIXEL = 2 * 4
+GENERATOR_BYTES_PER_PIXEL = 40
+
+
+def worker_bytes(size: int, shard_size: int) -> int:
+    """Bytes one render worker needs for one shard of ``shard_size`` images of ``size`` px."""
+    pixels = size * size
+    return shard_size * pixels * SHARD_BYTES_PER_PIXEL + pixels * GENERATOR_BYTES_PER_PIXEL
+
+
+def check_memory(size: int, shard_size: int, workers: int, physical: int | None) -> None:
+    """Refuse, before anything is created, a render whose workers would need more memory for
+    their shard buffers than this machine has (``physical`` bytes; None: unknown, no check)."""
+    if physical is None:
+        return
+    per_worker = worker_bytes(size, shard_size)
+    if per_worker > physical:
+        raise ConfigError(
+            f"--size {size} with --shard-size {shard_size}: a worker needs about "
+            f"{format_bytes(per_worker)} to hold one shard, and this machine has "
+            f"{format_bytes(physical)} of memory; lower --size or --shard-size"
+        )
+    if per_worker * workers > physical:
+        fits = max(1, physical // per_worker)
+        total = format_bytes(per_worker * workers)
+        raise ConfigError(
+            f"--workers {workers}: at --size {size} with --shard-size {shard_size} each worker "
+            f"needs about {format_bytes(per_worker)} for one shard, {total} in all, and this "
+            f"machine has {format_bytes(physical)}; use --workers {fits} or a smaller --shard-size"
+        )
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class ShardRenderer:

@@ -22,8 +22,16 @@ __all__ = [
     "CODECS",
     "DEFAULT_CODEC",
     "DEFAULT_SHARD_SIZE",
+    "DIGESTS",
+    "DIGESTS_SINCE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_N",
+    "MAX_POOL",
+    "MAX_SEED",
+    "MAX_SHARD_SIZE",
+    "MAX_SIZE",
+    "MIN_SIZE",
     "POOL_SHARD_SIZE",
     "Listing",
     "RenderSpec",
@@ -36,11 +44,16 @@ __all__ = [
 #: The value of the ``format`` attribute that marks a group as an anomalygen store.
 FORMAT_NAME = "anomalygen-store"
 #: The version this code writes; readers refuse any version not in ``READABLE_VERSIONS``.
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+#: Version 2 adds the content digests (``digests``, ``<pool>_digests``) written with every
+#: shard; version-1 stores have none and stay readable.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+#: The first version whose shards carry digests.
+DIGESTS_SINCE = 2
 
 # Array names (see docs/store-format.md). Pools: "<pool>", "<pool>_fov" (normals only),
-# "<pool>_info" (one JSON record per slot) and "<pool>_done" (one flag per pool shard).
+# "<pool>_info" (one JSON record per slot), "<pool>_digests" (version 2) and "<pool>_done"
+# (one flag per pool shard).
 IMAGE = "image"
 MASK = "mask"
 TARGET = "target"
@@ -49,14 +62,16 @@ AREA = "area"
 LESIONS = "lesions"
 META = "meta"
 DONE = "done"
+DIGESTS = "digests"
 #: The arrays that hold the samples themselves (what "bytes per sample" counts; not the pools).
-SAMPLE_ARRAYS = (IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META)
+SAMPLE_ARRAYS = (IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS)
 NORMALS = "normals"
 TEXTURES = "textures"
 POOLS = (NORMALS, TEXTURES)
+POOL_SUFFIXES = ("", "_fov", "_info", "_digests", "_done")
 ARRAY_NAMES = frozenset(
-    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DONE]
-    + [f"{pool}{suffix}" for pool in POOLS for suffix in ("", "_fov", "_info", "_done")]
+    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS, DONE]
+    + [f"{pool}{suffix}" for pool in POOLS for suffix in POOL_SUFFIXES]
 )
 #: The group's metadata object (its attributes live in it).
 GROUP_METADATA = "zarr.json"
@@ -74,6 +89,22 @@ ZSTD_LEVEL = 1
 DEFAULT_SHARD_SIZE = 64
 #: Slots per pool shard: small, so that phase 1 spreads a few dozen photographs over workers.
 POOL_SHARD_SIZE = 8
+
+# Bounds of the parameters, checked by the renderer before it creates anything and by readers
+# on every store they open (anomalygen.store.schema), before anything is computed from them.
+#: Smallest image side (px): the generator needs room for its crops.
+MIN_SIZE = 32
+#: Largest image side (px): 5x the paper's 768, larger than the prepared side of any fundus
+#: camera's photograph we know of (IDRiD: 4288 x 2848). One image is 48 MiB at 4096 px.
+MAX_SIZE = 4096
+#: Most samples in a store: 500 times the paper's 200,000 (ours).
+MAX_N = 100_000_000
+#: Most samples per shard (a worker holds a whole shard in memory: 3 GiB at 4096 px and 64).
+MAX_SHARD_SIZE = 4096
+#: Most slots in a pool (source photographs or textures): 35 times EyeQ's 28,792 photographs.
+MAX_POOL = 1_000_000
+#: Seeds are unsigned 64-bit integers (numpy's SeedSequence takes any, we record this many).
+MAX_SEED = 2**64 - 1
 #: Pools are stored uncompressed (with checksums), whatever ``--codec`` says: every sample reads
 #: two pool images, and with thousands of source photographs most of those reads miss a worker's
 #: cache. A zstd-compressed normal costs about 12 ms to read at 768 px, an uncompressed one about
@@ -125,7 +156,8 @@ def check_format(where: object, attrs: Mapping[str, Any]) -> None:
             f"{where}: a Zarr group, but not an anomalygen store (no format attribute)"
         )
     version = attrs.get("format_version")
-    if version not in READABLE_VERSIONS:
+    # type(): JSON's true is Python's True, which equals 1.
+    if type(version) is not int or version not in READABLE_VERSIONS:
         from anomalygen import __version__
 
         known = ", ".join(str(v) for v in READABLE_VERSIONS)

@@ -22,10 +22,12 @@ def store_info(url: str | os.PathLike, storage_options: dict | None = None) -> d
     complete = store.complete_shards()
     samples_done = sum(len(store.shard_range(s)) for s in complete)
     sizes = store.loc.sizes()
-    area = arrays[AREA][:]
+    checked = store.checked()
+    area = checked.whole(AREA)
     done_mask = np.zeros(len(store), bool)
     for s in complete:
         r = store.shard_range(s)
+        checked.check(AREA, r, area[r.start : r.stop])  # a lost object is an error, not zeros
         done_mask[r.start : r.stop] = True
     anomalous = int(np.count_nonzero(area[done_mask] > 0))
     pools = {}

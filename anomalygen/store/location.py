@@ -99,6 +99,10 @@ class StoreLocation:
         credentials) are raised as the storage reports them."""
         return _run(_read(self.zarr_store(read_only=True), key))
 
+    def exists(self, key: str) -> bool:
+        """Whether object ``key`` is there."""
+        return bool(_run(_exists(self.zarr_store(read_only=True), key)))
+
     def write(self, key: str, data: bytes) -> None:
         """Write (or replace) object ``key`` whole."""
         _run(_write(self.zarr_store(read_only=False), key, data))
@@ -120,6 +124,41 @@ class StoreLocation:
     def bytes_on_disk(self) -> int:
         """Total size of the store's objects."""
         return sum(self.sizes().values())
+
+    # --- links (local stores) --------------------------------------------------------------
+    def escaping_link(self) -> tuple[str, str] | None:
+        """For a local store: the first link inside its folder whose target lies outside it,
+        as ``(key, target)``; None if there is none (and for URLs, which have no links)."""
+        root = self.local_path
+        if root is None or not root.is_dir():
+            return None
+        real_root = root.resolve()
+        for folder, dirs, files in os.walk(root):  # links to folders are listed, not entered
+            for name in sorted(dirs) + sorted(files):
+                path = Path(folder) / name
+                if path.is_symlink() and not _inside(path.resolve(), real_root):
+                    return path.relative_to(root).as_posix(), os.readlink(path)
+        return None
+
+    def check_writable_key(self, key: str) -> None:
+        """Raise :class:`StoreError` if writing object ``key`` of a local store would go
+        through a link to somewhere outside the store's folder (nothing to check for URLs)."""
+        root = self.local_path
+        if root is None:
+            return
+        real_root = root.resolve()
+        path = root / key
+        # The folders the object goes into, and the object itself if it is a link.
+        target = path.resolve() if path.is_symlink() else path.parent.resolve() / path.name
+        if not _inside(target, real_root):
+            raise StoreError(
+                f"{self}: {key} would be written at {target}, outside the store, through a "
+                "link; remove the link (a render never writes outside its store)"
+            )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def location(url: str | os.PathLike | StoreLocation, storage_options=None) -> StoreLocation:
@@ -156,6 +195,13 @@ async def _read(store: Any, key: str) -> bytes | None:
     except FileNotFoundError:  # a local store's folder is missing
         return None
     return None if value is None else value.to_bytes()
+
+
+async def _exists(store: Any, key: str) -> bool:
+    try:
+        return await store.exists(key)
+    except FileNotFoundError:  # a local store's folder is missing
+        return False
 
 
 async def _write(store: Any, key: str, data: bytes) -> None:

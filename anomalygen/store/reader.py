@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anomalygen.errors import StoreError
-from anomalygen.store.access import access_error
+from anomalygen.store.checked import CheckedArrays, StoreArrays, repair_hint
 from anomalygen.store.format import (
     ARRAY_NAMES,
     DONE,
@@ -20,19 +20,20 @@ from anomalygen.store.format import (
     MASK,
     META,
     NORMALS,
+    POOL_SHARD_SIZE,
     SAMPLE_ARRAYS,
     SOURCE,
     TARGET,
     TEXTURES,
     RenderSpec,
-    check_format,
 )
 from anomalygen.store.location import StoreLocation, location
+from anomalygen.store.schema import check_attrs
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomalygen.generator import GeneratorConfig
 
-__all__ = ["NormalsView", "SampleStore", "StoreArrays", "open_store", "read_attrs"]
+__all__ = ["NormalsView", "SampleStore", "StoreArrays", "json_record", "open_store", "read_attrs"]
 
 
 def open_store(url: str | os.PathLike, storage_options: dict | None = None) -> SampleStore:
@@ -43,37 +44,6 @@ def open_store(url: str | os.PathLike, storage_options: dict | None = None) -> S
     that is not an anomalygen store, or a format version this code does not know.
     """
     return SampleStore(url, storage_options)
-
-
-class StoreArrays:
-    """The zarr group and arrays, opened in one process."""
-
-    def __init__(self, loc: StoreLocation) -> None:
-        import zarr
-
-        try:
-            self.group = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
-        except Exception as err:
-            if isinstance(err, StoreError):
-                raise
-            if isinstance(err, FileNotFoundError) or type(err).__name__ in (
-                "GroupNotFoundError",
-                "NodeNotFoundError",
-            ):
-                raise StoreError(f"{loc}: no store there") from None
-            raise access_error(loc, err, "open the store") from None
-        self._cache: dict[str, Any] = {}
-        self.loc = loc
-
-    def __getitem__(self, name: str) -> Any:
-        arr = self._cache.get(name)
-        if arr is None:
-            try:
-                arr = self.group[name]
-            except KeyError:
-                raise StoreError(f"{self.loc}: array {name!r} is missing") from None
-            self._cache[name] = arr
-        return arr
 
 
 class SampleStore:
@@ -90,26 +60,45 @@ class SampleStore:
         self.loc = location(url, storage_options)
         self._pid: int | None = None
         self._arrays: StoreArrays | None = None
+        self._checked: CheckedArrays | None = None
         self._complete: set[int] = set()
         self._pool_slots: dict[str, np.ndarray] = {}
         self.attrs: dict[str, Any] = dict(self.arrays().group.attrs)
-        check_format(self.loc, self.attrs)
-        try:
-            self.size: int = int(self.attrs["size"])
-            self.seed: int = int(self.attrs["seed"])
-            self.shard_size: int = int(self.attrs["shard_size"])
-            self._n: int = int(self.attrs["n"])
-        except (KeyError, TypeError, ValueError):
-            raise StoreError(
-                f"{self.loc}: the store's attributes are incomplete (is a render still "
-                "creating it?)"
-            ) from None
+        check_attrs(self.loc, self.attrs)  # before anything is computed from them
+        self.size: int = self.attrs["size"]
+        self.seed: int = self.attrs["seed"]
+        self.shard_size: int = self.attrs["shard_size"]
+        self._n: int = self.attrs["n"]
         self.n_shards: int = -(-self._n // self.shard_size)
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """The attributes must describe the arrays that are there (the attributes could be
+        another store's, or edited): the sample images, the flags and the normals."""
+        arrays, size = self.arrays(), self.size
+        count = self.attrs["pools"][NORMALS]
+        ps = self.attrs.get("pool_shard_size", POOL_SHARD_SIZE)
+        k = min(self.shard_size, self._n)
+        expected = {
+            IMAGE: ((self._n, size, size, 3), (k, size, size, 3)),
+            DONE: ((self.n_shards,), None),
+            NORMALS: ((count, size, size, 3), (min(ps, max(count, 1)), size, size, 3)),
+        }
+        for name, (shape, shards) in expected.items():
+            arr = arrays[name]
+            found = (tuple(arr.shape), tuple(arr.shards) if arr.shards else None)
+            if found != (shape, shards):
+                raise StoreError(
+                    f"{self.loc}: the attributes (n {self._n}, size {size}, shard_size "
+                    f"{self.shard_size}, {count} normals) disagree with array {name!r} (shape "
+                    f"{found[0]}, shards {found[1]}): the store's zarr.json does not belong to "
+                    "these arrays"
+                )
 
     # pickling: the address only; zarr objects are per process
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_pid=None, _arrays=None, _complete=set())
+        state.update(_pid=None, _arrays=None, _checked=None, _complete=set())
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -119,8 +108,21 @@ class SampleStore:
         """The zarr group and arrays, opened in this process (reopened after a fork)."""
         if self._arrays is None or self._pid != os.getpid():
             self._arrays = StoreArrays(self.loc)
+            self._checked = None
             self._pid = os.getpid()
         return self._arrays
+
+    def checked(self) -> CheckedArrays:
+        """Items read and checked against their digests (``anomalygen.store.checked``)."""
+        arrays = self.arrays()
+        if self._checked is None:
+            self._checked = CheckedArrays(
+                arrays,
+                version=self.attrs["format_version"],
+                shard_size=self.shard_size,
+                pool_shard_size=self.attrs.get("pool_shard_size", POOL_SHARD_SIZE),
+            )
+        return self._checked
 
     @property
     def url(self) -> str:
@@ -160,8 +162,8 @@ class SampleStore:
         if isinstance(i, slice | list | tuple | np.ndarray):
             return self._stacked(i)
         i = self._index(i)
-        arrays = self.arrays()
-        return arrays[IMAGE][i], arrays[MASK][i]
+        checked = self.checked()
+        return checked.item(IMAGE, i), checked.item(MASK, i)
 
     def _stacked(self, key: slice | Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Samples ``key`` (a slice or integer indices) stacked; each is checked as ``[i]`` is."""
@@ -172,11 +174,11 @@ class SampleStore:
             if picks.size and not np.issubdtype(picks.dtype, np.integer):
                 raise TypeError(f"sample indices must be integers, got {picks.dtype}")
         rows = [self._index(int(i)) for i in picks]
-        arrays = self.arrays()
+        checked = self.checked()
         if isinstance(picks, range) and picks.step == 1:  # one read per array
-            return arrays[IMAGE][picks.start : picks.stop], arrays[MASK][picks.start : picks.stop]
+            return checked.items(IMAGE, picks), checked.items(MASK, picks)
         chosen = np.asarray(rows, dtype=np.int64)
-        return arrays[IMAGE].oindex[chosen], arrays[MASK].oindex[chosen]
+        return checked.picked(IMAGE, chosen), checked.picked(MASK, chosen)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(self._n):
@@ -205,8 +207,8 @@ class SampleStore:
         """All images and masks of shard ``s`` at once (one read per array: fast sequential)."""
         r = self.shard_range(s)
         self._index(r.start)
-        arrays = self.arrays()
-        return arrays[IMAGE][r.start : r.stop], arrays[MASK][r.start : r.stop]
+        checked = self.checked()
+        return checked.items(IMAGE, r), checked.items(MASK, r)
 
     # --- metadata -------------------------------------------------------------------------
     @property
@@ -235,12 +237,12 @@ class SampleStore:
         "source_box", "ops", "area"}]}``; boxes are ``[y0, x0, y1, x1]`` in pixels.
         """
         i = self._index(i)
-        arrays = self.arrays()
-        meta = json.loads(str(arrays[META][i]))
+        checked = self.checked()
+        meta = json_record(self.loc, checked.item(META, i), f"sample {i}'s meta")
         return {
             "index": i,
-            "target": int(arrays[TARGET][i]),
-            "source": int(arrays[SOURCE][i]),
+            "target": int(checked.item(TARGET, i)),
+            "source": int(checked.item(SOURCE, i)),
             "source_pool": self.source_pool,
             **meta,
         }
@@ -304,15 +306,18 @@ class SampleStore:
                 raise StoreError(
                     f"{self.loc}: the {pool} are not all prepared yet (resume the render)"
                 )
-            infos = arrays[f"{pool}_info"][:] if count else []
-            usable = [k for k, text in enumerate(infos) if json.loads(str(text)).get("usable")]
+            usable = [k for k, info in enumerate(self.pool_info(pool)) if info.get("usable")]
             slots = np.asarray(usable, dtype=np.int64)
             self._pool_slots[pool] = slots
         return slots
 
     def pool_info(self, pool: str) -> list[dict[str, Any]]:
         """One record per slot of ``pool``: ``{"name", "bytes", "sha256", "usable", "reason"}``."""
-        return [json.loads(str(t)) for t in self.arrays()[f"{pool}_info"][:]]
+        count = int(self.attrs["pools"].get(pool, 0))
+        infos = self.checked().items(f"{pool}_info", range(count), pool=pool) if count else []
+        return [
+            json_record(self.loc, text, f"{pool} slot {k}'s record") for k, text in enumerate(infos)
+        ]
 
 
 class NormalsView:
@@ -340,9 +345,11 @@ class NormalsView:
         if not -len(slots) <= j < len(slots):
             raise IndexError(f"{self.pool} index {j} out of range for {len(slots)}")
         slot = int(slots[j])
-        arrays = self._store.arrays()
-        image = arrays[self.pool][slot]
-        fov = arrays[f"{self.pool}_fov"][slot] if self.pool == NORMALS else None
+        checked = self._store.checked()
+        image = checked.item(self.pool, slot, pool=self.pool)
+        fov = (
+            checked.item(f"{self.pool}_fov", slot, pool=self.pool) if self.pool == NORMALS else None
+        )
         return image, fov
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -355,7 +362,20 @@ class NormalsView:
     def name(self, j: int) -> str:
         """The source file (relative name) that item ``j`` was prepared from."""
         slot = int(self.slots[j])
-        return json.loads(str(self._store.arrays()[f"{self.pool}_info"][slot]))["name"]
+        text = self._store.checked().item(f"{self.pool}_info", slot, pool=self.pool)
+        return str(json_record(self._store.loc, text, f"{self.pool} slot {slot}'s record")["name"])
+
+
+def json_record(loc: StoreLocation, text: Any, what: str) -> dict[str, Any]:
+    """A JSON record read from the store (``meta``, ``<pool>_info``), or one StoreError line:
+    a version-2 store's records are checked against their digests already, not version 1's."""
+    try:
+        record = json.loads(str(text))
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise StoreError(f"{loc}: {what} is not a JSON record; {repair_hint(loc)}")
+    return record
 
 
 def read_attrs(loc: StoreLocation) -> dict[str, Any] | None:
@@ -376,5 +396,5 @@ def read_attrs(loc: StoreLocation) -> dict[str, Any] | None:
         names = {key.split("/")[0] for key in loc.list_keys("")} - {"zarr.json"}
         if all(name in ARRAY_NAMES or name.endswith(".partial") for name in names):
             return {}
-    check_format(loc, attrs)
+    check_attrs(loc, attrs)
     return attrs

@@ -19,8 +19,18 @@ from typing import Any
 import numpy as np
 
 from anomalygen.errors import StoreError, one_line
+from anomalygen.store.digests import (
+    ALGORITHM,
+    MISSING,
+    SAMPLE_COLUMNS,
+    item_digests,
+    pool_columns,
+    pool_digests_name,
+)
 from anomalygen.store.format import (
     AREA,
+    DIGESTS,
+    DIGESTS_SINCE,
     DONE,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -36,6 +46,7 @@ from anomalygen.store.format import (
     RenderSpec,
     compressors,
     parameter_differences,
+    shard_key,
 )
 from anomalygen.store.location import StoreLocation
 from anomalygen.store.reader import read_attrs
@@ -46,7 +57,10 @@ __all__ = [
     "initial_attrs",
     "now",
     "open_or_create",
+    "pool_items",
+    "refuse_escaping_links",
     "remove_partial_files",
+    "sample_items",
 ]
 
 
@@ -79,6 +93,7 @@ def open_or_create(
     """Create the store with ``attrs``, or check that the one there was started with the same
     parameters (then resume it). Returns the store's ``store_id`` (None for a store written
     before it existed). The caller holds the render lock."""
+    refuse_escaping_links(loc)
     existing = read_attrs(loc)
     if existing and not overwrite:
         diffs = parameter_differences(existing, spec.to_attrs())
@@ -107,6 +122,19 @@ def open_or_create(
     except OSError as err:
         raise StoreError(f"{loc}: cannot create the store ({one_line(err)})") from None
     return attrs["store_id"]
+
+
+def refuse_escaping_links(loc: StoreLocation) -> None:
+    """Refuse a local store with a link inside that leads out of its folder (``image/c`` linked
+    elsewhere): resuming would write shards there, and clearing it (``--overwrite``) would
+    follow it."""
+    link = loc.escaping_link()
+    if link is not None:
+        key, target = link
+        raise StoreError(
+            f"{loc}: {key} is a link to {target}, outside the store; a render never writes "
+            "through such a link: remove it (or copy the store without links) and run again"
+        )
 
 
 def remove_partial_files(loc: StoreLocation) -> int:
@@ -152,6 +180,7 @@ def create_store(
     for name, dtype in ((TARGET, "int32"), (SOURCE, "int32"), (AREA, "int32"), (LESIONS, "uint16")):
         _per_item(group, name, n, shard_size, dtype, comp, "sample")
     _per_item(group, META, n, shard_size, str, comp, "sample")
+    _digests(group, DIGESTS, n, shard_size, SAMPLE_COLUMNS, "sample")
     _flags(group, DONE, -(-n // shard_size), "shard")
     raw = compressors(POOL_CODEC)
     for pool, count in pools.items():
@@ -161,6 +190,8 @@ def create_store(
             fov = (count, size, size)
             _images(group, f"{pool}_fov", fov, POOL_SHARD_SIZE, raw, (dim, "y", "x"))
         _per_item(group, f"{pool}_info", count, POOL_SHARD_SIZE, str, comp, dim)
+        columns = pool_columns(pool)
+        _digests(group, pool_digests_name(pool), count, POOL_SHARD_SIZE, columns, dim)
         _flags(group, f"{pool}_done", -(-count // POOL_SHARD_SIZE), f"{dim}_shard")
     group.update_attributes(attrs)  # one write (attrs.update writes once per key)
 
@@ -197,6 +228,23 @@ def _per_item(
     )
 
 
+def _digests(
+    group: Any, name: str, count: int, chunk: int, columns: dict[str, str], dim: str
+) -> None:
+    """A digests array: one row per item, one uint32 column per array, one chunk per shard;
+    stored raw (digests do not compress) with a checksum, fill value MISSING."""
+    group.create_array(
+        name,
+        shape=(count, len(columns)),
+        dtype="uint32",
+        chunks=(min(chunk, max(count, 1)), len(columns)),
+        compressors=compressors(POOL_CODEC),
+        fill_value=MISSING,
+        dimension_names=(dim, "column"),
+        attributes={"columns": list(columns), "algorithm": ALGORITHM},
+    )
+
+
 def _flags(group: Any, name: str, count: int, dim: str) -> None:
     """Completion flags, one object each: different writers never touch the same object."""
     group.create_array(
@@ -215,6 +263,37 @@ def _flags(group: Any, name: str, count: int, dim: str) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+def sample_items(
+    images: np.ndarray,
+    masks: np.ndarray,
+    targets: Sequence[int],
+    sources: Sequence[int],
+    metas: Sequence[dict],
+) -> dict[str, Any]:
+    """A shard of samples as the per-sample arrays hold them (``SAMPLE_COLUMNS``): what is
+    written, and what the digests are of (meta as JSON text)."""
+    return {
+        IMAGE: images,
+        MASK: masks,
+        TARGET: np.asarray(targets, dtype=np.int32),
+        SOURCE: np.asarray(sources, dtype=np.int32),
+        AREA: np.asarray([m["area"] for m in metas], dtype=np.int32),
+        LESIONS: np.asarray([len(m["lesions"]) for m in metas], dtype=np.uint16),
+        META: [_dumps(m) for m in metas],
+    }
+
+
+def pool_items(
+    pool: str, images: np.ndarray, fovs: np.ndarray | None, infos: Sequence[dict]
+) -> dict[str, Any]:
+    """A pool shard as its arrays hold it (``pool_columns(pool)``; records as JSON text)."""
+    items: dict[str, Any] = {pool: images}
+    if fovs is not None:
+        items[f"{pool}_fov"] = fovs
+    items[f"{pool}_info"] = [_dumps(i) for i in infos]
+    return items
+
+
 class StoreWriter:
     """Open arrays of a store for writing whole shards. One per worker process."""
 
@@ -224,10 +303,14 @@ class StoreWriter:
         self.loc = loc
         self._group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="r+")
         self._arrays: dict[str, Any] = {}
+        # Version 1 stores (resumed by this code) have no digests arrays and get none.
+        version = self._group.attrs.get("format_version", 1)
+        self.digests = isinstance(version, int) and version >= DIGESTS_SINCE
 
     def array(self, name: str) -> Any:
         arr = self._arrays.get(name)
         if arr is None:
+            self.loc.check_writable_key(f"{name}/zarr.json")
             # Writers send whole chunks; the empty-chunk test would cost a full compare each.
             arr = self._group[name].with_config({"write_empty_chunks": True})
             self._arrays[name] = arr
@@ -244,16 +327,9 @@ class StoreWriter:
         metas: Sequence[dict],
     ) -> None:
         """Write samples ``start .. start + len(images)`` (shard ``shard``), then its flag."""
-        stop = start + len(images)
-        sel = slice(start, stop)
-        self.array(IMAGE)[sel] = images
-        self.array(MASK)[sel] = masks
-        self.array(TARGET)[sel] = np.asarray(targets, dtype=np.int32)
-        self.array(SOURCE)[sel] = np.asarray(sources, dtype=np.int32)
-        self.array(AREA)[sel] = np.asarray([m["area"] for m in metas], dtype=np.int32)
-        self.array(LESIONS)[sel] = np.asarray([len(m["lesions"]) for m in metas], dtype=np.uint16)
-        self.array(META)[sel] = np.asarray([_dumps(m) for m in metas], dtype=object)
-        self.array(DONE)[shard] = 1  # last: a shard without its flag is rendered again
+        sel = slice(start, start + len(images))
+        items = sample_items(images, masks, targets, sources, metas)
+        self._write_shard(shard, sel, items, DIGESTS, SAMPLE_COLUMNS, DONE)
 
     def write_pool(
         self,
@@ -266,11 +342,53 @@ class StoreWriter:
     ) -> None:
         """Write slots ``start .. start + len(infos)`` (pool shard ``shard``), then its flag."""
         sel = slice(start, start + len(infos))
-        self.array(pool)[sel] = images
-        if fovs is not None:
-            self.array(f"{pool}_fov")[sel] = fovs
-        self.array(f"{pool}_info")[sel] = np.asarray([_dumps(i) for i in infos], dtype=object)
-        self.array(f"{pool}_done")[shard] = 1
+        items = pool_items(pool, images, fovs, infos)
+        digests = pool_digests_name(pool)
+        self._write_shard(shard, sel, items, digests, pool_columns(pool), f"{pool}_done")
+
+    def _write_shard(
+        self,
+        shard: int,
+        sel: slice,
+        items: dict[str, Any],
+        digests: str,
+        columns: dict[str, str],
+        flag: str,
+    ) -> None:
+        """Write one shard of every array in ``items`` (lists are JSON text); in a version-2
+        store the digests of its items; then, last, the shard's flag ``flag`` (a shard without
+        its flag is written again)."""
+        names = (*items, digests) if self.digests else tuple(items)
+        self._check_links(shard, (*names, flag))
+        for name, values in items.items():
+            text = isinstance(values, list)
+            self._assign(name, shard, sel, np.asarray(values, dtype=object) if text else values)
+        if self.digests:
+            self._assign(digests, shard, sel, item_digests(columns, items))
+        self._assign(flag, shard, shard, 1)
+
+    def _assign(self, name: str, shard: int, sel: Any, values: Any) -> None:
+        """``array(name)[sel] = values``, the whole of shard ``shard``. zarr reads a shard
+        object before it replaces it (to merge partial writes): a damaged one (a truncated
+        index, a failing CRC32C) cannot be read, so it is deleted and the shard written anew.
+        Storage errors (OSError: a full disk) are raised as they are."""
+        arr = self.array(name)
+        try:
+            arr[sel] = values
+        except OSError:
+            raise
+        except Exception:
+            self.loc.delete(shard_key(name, shard, ndim=len(arr.shape)))
+            arr[sel] = values
+
+    def _check_links(self, shard: int, names: Sequence[str]) -> None:
+        """Before writing shard ``shard`` of arrays ``names``: no object may go through a link
+        out of a local store (one may have been planted since the render started)."""
+        if self.loc.local_path is None:
+            return
+        for name in names:
+            ndim = len(self.array(name).shape)
+            self.loc.check_writable_key(shard_key(name, shard, ndim=ndim))
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
         """Only the coordinator calls this (one writer of the group's ``zarr.json``)."""

@@ -1,0 +1,217 @@
+"""Reading items from a store's arrays and checking them on every read.
+
+zarr reads a lost object as zeros. :class:`CheckedArrays` reads items through zarr and checks
+each one: in a version-2 store against the digest written with it (``anomalygen.store.digests``;
+the digests of a shard are read once per process and kept, 28 bytes a sample), in a version-1
+store, which has no digests, by checking once per process that the shard's objects exist. A
+damaged item raises one :class:`StoreError` line naming the store, the array, the item and its
+shard, and how to repair it; so does an object that cannot be decoded (its CRC32C fails).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from anomalygen.errors import StoreError, one_line
+from anomalygen.store.access import access_error
+from anomalygen.store.digests import (
+    DIGESTS,
+    MISSING,
+    SAMPLE_COLUMNS,
+    digest,
+    pool_columns,
+    pool_digests_name,
+)
+from anomalygen.store.format import DIGESTS_SINCE, shard_key
+from anomalygen.store.location import StoreLocation
+
+__all__ = ["CheckedArrays", "StoreArrays", "read_error", "repair_hint"]
+
+
+def read_error(err: BaseException) -> str:
+    """Why zarr could not read an object, in one line (zarr's CRC32C message shows raw bytes)."""
+    reason = one_line(err)
+    if "checksum do not match" in reason:
+        return "a chunk's CRC32C checksum fails: its bytes are corrupted"
+    return reason
+
+
+def repair_hint(loc: StoreLocation) -> str:
+    """What a damaged-store message ends with."""
+    return f"`anomalygen verify {loc} --repair` renders the damaged shards again"
+
+
+class StoreArrays:
+    """The zarr group and arrays, opened in one process."""
+
+    def __init__(self, loc: StoreLocation) -> None:
+        import zarr
+
+        try:
+            self.group = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
+        except Exception as err:
+            if isinstance(err, StoreError):
+                raise
+            if isinstance(err, FileNotFoundError) or type(err).__name__ in (
+                "GroupNotFoundError",
+                "NodeNotFoundError",
+            ):
+                raise StoreError(f"{loc}: no store there") from None
+            raise access_error(loc, err, "open the store") from None
+        self._cache: dict[str, Any] = {}
+        self.loc = loc
+
+    def __getitem__(self, name: str) -> Any:
+        arr = self._cache.get(name)
+        if arr is None:
+            try:
+                arr = self.group[name]
+            except KeyError:
+                raise StoreError(f"{self.loc}: array {name!r} is missing") from None
+            self._cache[name] = arr
+        return arr
+
+
+class _Unit:
+    """Where items live: the samples (``digests``, shards of ``shard_size``) or a pool."""
+
+    def __init__(self, digests: str, columns: dict[str, str], shard_size: int, what: str):
+        self.digests = digests
+        self.columns = columns
+        self.shard_size = shard_size
+        self.what = what  # "sample" or "normals slot"
+
+    def where(self, i: int) -> str:
+        shard = "shard" if self.what == "sample" else "pool shard"
+        return f"{self.what} {i} ({shard} {i // self.shard_size})"
+
+
+class CheckedArrays:
+    """Items of one store, read in this process and checked (see the module docstring).
+
+    ``version`` is the store's format version; ``shard_size`` and ``pool_shard_size`` its
+    attributes of those names.
+    """
+
+    def __init__(
+        self, arrays: StoreArrays, *, version: int, shard_size: int, pool_shard_size: int
+    ) -> None:
+        self.arrays = arrays
+        self.loc = arrays.loc
+        self.has_digests = version >= DIGESTS_SINCE
+        self._units = {"samples": _Unit(DIGESTS, SAMPLE_COLUMNS, shard_size, "sample")}
+        self._pool_shard_size = pool_shard_size
+        self._digests: dict[tuple[str, int], np.ndarray] = {}  # (digests array, shard) -> rows
+        self._present: set[str] = set()  # version 1: objects seen to exist
+
+    def unit(self, pool: str | None) -> _Unit:
+        key = pool or "samples"
+        if key not in self._units:
+            self._units[key] = _Unit(
+                pool_digests_name(key), pool_columns(key), self._pool_shard_size, f"{key} slot"
+            )
+        return self._units[key]
+
+    # --- reading --------------------------------------------------------------------------
+    def item(self, name: str, i: int, pool: str | None = None) -> Any:
+        """Item ``i`` of array ``name`` (a sample's, or a slot's of ``pool``), checked."""
+        unit = self.unit(pool)
+        value = self._read(unit, name, i, slice(i, i + 1))[0]
+        self._check(unit, name, range(i, i + 1), [value])
+        return value
+
+    def items(self, name: str, r: range, pool: str | None = None) -> Any:
+        """Items ``r`` of array ``name``, read at once and checked."""
+        unit = self.unit(pool)
+        values = self._read(unit, name, r.start, slice(r.start, r.stop))
+        self._check(unit, name, r, values)
+        return values
+
+    def picked(self, name: str, indices: np.ndarray, pool: str | None = None) -> Any:
+        """Items ``indices`` (any order) of array ``name``, read at once and each checked."""
+        unit = self.unit(pool)
+        first = int(indices[0]) if len(indices) else 0
+        try:
+            values = self.arrays[name].oindex[indices]
+        except StoreError:
+            raise
+        except Exception as err:
+            raise self._damaged(unit, name, first, f"cannot be read ({read_error(err)})") from None
+        for i, value in zip(indices, values, strict=True):
+            self._check(unit, name, range(int(i), int(i) + 1), [value])
+        return values
+
+    def whole(self, name: str) -> Any:
+        """All of array ``name`` in one read (to be checked shard by shard with
+        :meth:`check`); a read error is one StoreError line."""
+        return self._read(self.unit(None), name, 0, slice(None))
+
+    def check(self, name: str, r: range, values: Any, pool: str | None = None) -> None:
+        """Check items ``r`` of array ``name``, read elsewhere, against their digests."""
+        self._check(self.unit(pool), name, r, values)
+
+    def _read(self, unit: _Unit, name: str, i: int, sel: slice) -> Any:
+        try:
+            return self.arrays[name][sel]
+        except StoreError:
+            raise
+        except Exception as err:  # a CRC32C that fails, a truncated shard index, ...
+            raise self._damaged(unit, name, i, f"cannot be read ({read_error(err)})") from None
+
+    # --- checking -------------------------------------------------------------------------
+    def _check(self, unit: _Unit, name: str, r: range, values: Sequence[Any]) -> None:
+        if not self.has_digests:
+            self._check_present(unit, name, r)
+            return
+        column = list(unit.columns).index(name)
+        kind = unit.columns[name]
+        for i, value in zip(r, values, strict=True):
+            recorded = int(self._digest_rows(unit, i)[i % unit.shard_size, column])
+            if recorded == MISSING:
+                key = self._key(unit.digests, i // unit.shard_size)
+                raise self._damaged(unit, name, i, f"has no digest (object {key} is lost)")
+            if digest(value, kind) != recorded:
+                key = self._key(name, i // unit.shard_size)
+                state = "is missing" if not self._exists(key) else "holds other data"
+                detail = f"does not match the digest written with it (object {key} {state})"
+                raise self._damaged(unit, name, i, detail)
+
+    def _digest_rows(self, unit: _Unit, i: int) -> np.ndarray:
+        shard = i // unit.shard_size
+        rows = self._digests.get((unit.digests, shard))
+        if rows is None:
+            start = shard * unit.shard_size
+            arr = self.arrays[unit.digests]
+            sel = slice(start, min(start + unit.shard_size, arr.shape[0]))
+            rows = np.asarray(self._read(unit, unit.digests, i, sel))
+            self._digests[(unit.digests, shard)] = rows
+        return rows
+
+    def _check_present(self, unit: _Unit, name: str, r: range) -> None:
+        """Version 1: the shard objects of ``name`` holding items ``r`` must exist."""
+        for i in range(r.start, r.stop, unit.shard_size):
+            key = self._key(name, i // unit.shard_size)
+            if key in self._present:
+                continue
+            if not self._exists(key):
+                detail = f"is missing its object {key} (it would read as zeros)"
+                raise self._damaged(unit, name, i, detail)
+            self._present.add(key)
+
+    def _key(self, name: str, shard: int) -> str:
+        return shard_key(name, shard, ndim=len(self.arrays[name].shape))
+
+    def _exists(self, key: str) -> bool:
+        try:
+            return self.loc.exists(key)
+        except Exception as err:
+            raise access_error(self.loc, err, f"read {key}") from None
+
+    def _damaged(self, unit: _Unit, name: str, i: int, detail: str) -> StoreError:
+        return StoreError(
+            f"{self.loc}: {unit.where(i)} is damaged: array {name!r} {detail}; "
+            f"{repair_hint(self.loc)}"
+        )
