@@ -43,22 +43,25 @@ def parse_range(option: str, text: str, kind: type) -> tuple[Any, Any]:
     return lo, hi
 
 
+#: The generator options of render and preview, as :func:`generator_config` takes them.
+GENERATOR_OPTIONS = ("lesions", "p_normal", "crop_fraction", "alpha", "source", "blend", "mask")
+
+
 def generator_config(
-    *,
-    preset: str | None = None,
-    config_file: Path | None = None,
-    lesions: str | None = None,
-    p_normal: float | None = None,
-    crop_fraction: str | None = None,
-    alpha: float | None = None,
-    source: str | None = None,
-    blend: str | None = None,
-    mask: str | None = None,
+    *, preset: str | None = None, config_file: Path | None = None, **options: Any
 ) -> Any:
     """A ``GeneratorConfig``: the ``preset`` (default: ours), then the fields of ``config_file``
     (JSON, whole or in part, as ``anomalygen info --json`` prints under "generator"), then the
-    given options, each replacing fields of the one before."""
+    given ``options`` (:data:`GENERATOR_OPTIONS`, as the command line gives them; None: not
+    given), each replacing fields of the one before."""
     from anomalygen.generator import generator_preset, with_changes
+
+    unknown = set(options) - set(GENERATOR_OPTIONS)
+    if unknown:
+        raise TypeError(f"generator_config: unknown option(s) {', '.join(sorted(unknown))}")
+    lesions, p_normal, alpha = options.get("lesions"), options.get("p_normal"), options.get("alpha")
+    crop_fraction = options.get("crop_fraction")
+    source, blend, mask = options.get("source"), options.get("blend"), options.get("mask")
 
     base = generator_preset(preset or "default")
     if config_file is not None:
