@@ -169,7 +169,7 @@ def test_empty_draws_are_redrawn(monkeypatch: pytest.MonkeyPatch) -> None:
     hit = empty.copy()
     hit[1, 2] = 0.7
     monkeypatch.setattr(perlin, "perlin_noise", _fixed_noise([empty, empty, hit]))
-    P = perlin_mask((4, 4), np.random.default_rng(0), PerlinConfig(max_draws=4))
+    P = perlin_mask((4, 4), np.random.default_rng(0), PerlinConfig(max_draws=4, taper=0.0))
     assert P.sum() == 1 and P[1, 2] == 1
 
 
@@ -177,7 +177,7 @@ def test_fallback_thresholds_at_half_the_peak(monkeypatch: pytest.MonkeyPatch) -
     last = np.full((4, 4), -0.3)
     last[0, 0], last[3, 3], last[2, 1] = 0.4, 0.25, 0.19
     monkeypatch.setattr(perlin, "perlin_noise", _fixed_noise([np.zeros((4, 4)), last]))
-    P = perlin_mask((4, 4), np.random.default_rng(0), PerlinConfig(max_draws=2))
+    P = perlin_mask((4, 4), np.random.default_rng(0), PerlinConfig(max_draws=2, taper=0.0))
     assert sorted(zip(*np.nonzero(P), strict=True)) == [(0, 0), (3, 3)]  # >= 0.2 = 0.4 / 2
 
 
@@ -185,7 +185,7 @@ def test_fallback_keeps_the_peak_of_negative_noise(monkeypatch: pytest.MonkeyPat
     last = np.full((3, 5), -0.6)
     last[2, 4] = -0.1
     monkeypatch.setattr(perlin, "perlin_noise", _fixed_noise([last]))
-    P = perlin_mask((3, 5), np.random.default_rng(0), PerlinConfig(max_draws=1))
+    P = perlin_mask((3, 5), np.random.default_rng(0), PerlinConfig(max_draws=1, taper=0.0))
     assert P.sum() == 1 and P[2, 4] == 1
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anomalygen.errors import ConfigError
-from anomalygen.generator import AnomalyGenerator, GeneratorConfig, sample_rng
+from anomalygen.generator import AnomalyGenerator, GeneratorConfig, generator_preset, sample_rng
 from anomalygen.perlin import PerlinConfig, edge_window, perlin_mask
 from anomalygen.tone import ToneConfig, apply_tone, draw_tone
 from tests.synthetic import make_fundus
@@ -72,7 +74,7 @@ def test_invalid_tone_configs_raise(kwargs: dict) -> None:
 
 def test_dark_flat_lesions_are_darker_than_the_retina_they_replace() -> None:
     config = GeneratorConfig(
-        p_normal=0.0, lesions=(1, 1), alpha=1.0, crop_size=(0.2, 0.2),
+        p_normal=0.0, lesions=(1, 1), alpha=1.0, alpha_range=None, crop_size=(0.2, 0.2),
         tone=ToneConfig(p_dark=1.0, dark=(30.0, 30.0), texture=(0.0, 0.0)),
     )  # fmt: skip
     generator = AnomalyGenerator(config)
@@ -87,7 +89,7 @@ def test_dark_flat_lesions_are_darker_than_the_retina_they_replace() -> None:
 
 
 def test_the_paper_generator_records_no_tone_and_draws_nothing_more() -> None:
-    paper = AnomalyGenerator(GeneratorConfig(p_normal=0.0))
+    paper = AnomalyGenerator(dataclasses.replace(generator_preset("paper"), p_normal=0.0))
     for index in range(5):
         meta = paper.generate(TARGET, SOURCE, sample_rng(0, index), FOV, FOV).meta
         assert all("tone" not in le and "alpha" not in le for le in meta["lesions"])
