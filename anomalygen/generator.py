@@ -36,7 +36,7 @@ from anomalygen.augment import OPS, AugmentConfig, augment
 from anomalygen.config import from_dict, to_dict
 from anomalygen.errors import ConfigError, ImageError
 from anomalygen.perlin import PerlinConfig, perlin_mask
-from anomalygen.selfmix import distance_weights, paste, self_mix
+from anomalygen.selfmix import distance_weights, edge_fade, paste, self_mix
 from anomalygen.tone import ToneConfig, apply_tone, draw_tone
 
 SOURCES = ("fundus", "texture")
@@ -81,6 +81,10 @@ class GeneratorConfig:
     # pixels (W = D / max D at alpha 0), as real haemorrhages and soft exudates do at 256 px;
     # the paper's 0.7 leaves a step of 70 % of the lesion's contrast at its edge.
     alpha_range: tuple[float, float] | None = (0.0, 0.7)
+    # Ours: the width in pixels, drawn uniformly per lesion from this range, over which a
+    # lesion's opacity fades in from its edge (selfmix.edge_fade); None: the paper's edge (a
+    # step of alpha at P's border). Real lesions at 256 px fade over 1-3 px.
+    edge: tuple[float, float] | None = (0.5, 3.0)
     # Table 4 ablations. source: "fundus" (paper: normal training images) or "texture" (DRAEM's
     # external texture images, e.g. DTD). blend: "selfmix" (Eq. 4) or "paste" (hard paste, W = 1).
     # mask: "perlin" (P from thresholded Perlin noise) or "crop" (P = the whole crop).
@@ -97,8 +101,9 @@ class GeneratorConfig:
     tone: ToneConfig = field(default_factory=ToneConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.alpha_range, list):
-            object.__setattr__(self, "alpha_range", tuple(self.alpha_range))
+        for name in ("alpha_range", "edge"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("lesions", "crop_size", "aspect"):  # JSON lists -> hashable tuples
             value = getattr(self, name)
             if isinstance(value, list | tuple) and len(value) == 2:
@@ -124,6 +129,8 @@ class GeneratorConfig:
             raise ConfigError(f"generator.aspect: need 0 < low <= high, got {lo}, {hi}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"generator.alpha: must lie in [0, 1], got {self.alpha}")
+        if self.edge is not None and not 0.0 < self.edge[0] <= self.edge[1] <= 100.0:
+            raise ConfigError(f"generator.edge: need 0 < low <= high <= 100 px, got {self.edge}")
         if self.alpha_range is not None:
             lo, hi = self.alpha_range
             if not 0.0 <= lo <= hi <= 1.0:
@@ -170,6 +177,7 @@ PAPER_GENERATOR = {
     "p_normal": 0.5,
     "crop_size": (0.015, 0.25),
     "alpha_range": None,
+    "edge": None,
     "perlin": {"taper": 0.0},
     "augment": {"ops": list(OPS)},
     "tone": {"mode": "source"},
@@ -178,7 +186,12 @@ PAPER_GENERATOR = {
 #: Fields added to GeneratorConfig after the first stores were written (anomalygen 0.1.0, whose
 #: generator was the paper's), with the values that reproduce those stores: a store's record
 #: that lacks one is read with this value, never with today's default.
-ADDED_FIELDS = {"alpha_range": None, "perlin": {"taper": 0.0}, "tone": {"mode": "source"}}
+ADDED_FIELDS = {
+    "alpha_range": None,
+    "edge": None,
+    "perlin": {"taper": 0.0},
+    "tone": {"mode": "source"},
+}
 
 
 def _merged(base: dict, changes: dict) -> dict:
@@ -466,7 +479,12 @@ class AnomalyGenerator:
         if cfg.alpha_range is not None:
             lo, hi = cfg.alpha_range
             alpha = drawn["alpha"] = lo + (hi - lo) * float(rng.random())
-        return self_mix(C_s, C_t, P, distance_weights(P, alpha)), drawn
+        W = distance_weights(P, alpha)
+        if cfg.edge is not None:
+            lo, hi = cfg.edge
+            width = drawn["edge"] = lo + (hi - lo) * float(rng.random())
+            W *= edge_fade(P, width)
+        return self_mix(C_s, C_t, P, W), drawn
 
     def _anchored_lesion(
         self,

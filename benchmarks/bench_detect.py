@@ -156,8 +156,14 @@ def baselines(out: Path) -> dict[str, dict]:
 
 
 def stage1_key(row: Row) -> str:
-    """Rows with the same key train the same stage 1 (it never sees the generator)."""
-    spec = json.dumps([row.normals, SIZE, list(row.train_args)], sort_keys=True)
+    """Rows with the same key train the same stage 1 (it never sees the generator): the same
+    photographs, size, flags and preset values."""
+    from resynth_models.networks import PRESETS
+    from resynth_models.train import TRAIN_PRESETS
+
+    net = PRESETS["small"]
+    preset = [TRAIN_PRESETS["small"], net.rec_width, net.rec_depth, net.norm]
+    spec = json.dumps([row.normals, SIZE, list(row.train_args), preset], sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 

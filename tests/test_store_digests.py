@@ -44,6 +44,7 @@ PAPER_GENERATOR: dict[str, Any] = {
     "aspect": [0.5, 2.0],
     "alpha": 0.7,
     "alpha_range": None,
+    "edge": None,
     "source": "fundus",
     "blend": "selfmix",
     "mask": "perlin",

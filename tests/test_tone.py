@@ -74,7 +74,7 @@ def test_invalid_tone_configs_raise(kwargs: dict) -> None:
 
 def test_dark_flat_lesions_are_darker_than_the_retina_they_replace() -> None:
     config = GeneratorConfig(
-        p_normal=0.0, lesions=(1, 1), alpha=1.0, alpha_range=None, crop_size=(0.2, 0.2),
+        p_normal=0.0, lesions=(1, 1), alpha=1.0, alpha_range=None, edge=None, crop_size=(0.2, 0.2),
         tone=ToneConfig(p_dark=1.0, dark=(30.0, 30.0), texture=(0.0, 0.0)),
     )  # fmt: skip
     generator = AnomalyGenerator(config)
@@ -137,3 +137,29 @@ def test_tapered_generator_keeps_its_contract() -> None:
     for index in range(20):
         sample = AnomalyGenerator(config).generate(target, source, sample_rng(9, index), fov, fov)
         check_contract(sample, target, fov)
+
+
+def test_edge_fade_rises_from_the_border() -> None:
+    from anomalygen.selfmix import edge_fade
+
+    P = np.zeros((15, 15), np.uint8)
+    P[2:13, 2:13] = 1
+    E = edge_fade(P, 3.0)
+    assert E.dtype == np.float32 and (E[P == 0] == 0).all()
+    assert 0 < E[2, 7] < 0.2 and E[7, 7] == 1.0  # faint at the border, full inside
+    assert np.all(np.diff(E[7, 2:8]) >= 0)  # rising towards the centre
+    dot = np.zeros((5, 5), np.uint8)
+    dot[2, 2] = 1
+    assert edge_fade(dot, 3.0)[2, 2] == pytest.approx(0.5)  # a one-pixel lesion stays visible
+    with pytest.raises(ValueError, match="width"):
+        edge_fade(P, 0.0)
+
+
+def test_soft_edges_in_the_generator() -> None:
+    soft = GeneratorConfig(p_normal=0.0, lesions=(2, 2), edge=(2.0, 2.5))
+    sample = AnomalyGenerator(soft).generate(TARGET, SOURCE, sample_rng(1, 2), FOV, FOV)
+    check_contract(sample, TARGET, FOV)
+    assert all(2.0 <= le["edge"] <= 2.5 for le in sample.meta["lesions"])
+    assert GeneratorConfig(edge=[1, 2]).edge == (1, 2)
+    with pytest.raises(ConfigError, match=r"generator\.edge"):
+        GeneratorConfig(edge=(0.0, 1.0))
