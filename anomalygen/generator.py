@@ -81,10 +81,13 @@ class GeneratorConfig:
     # pixels (W = D / max D at alpha 0), as real haemorrhages and soft exudates do at 256 px;
     # the paper's 0.7 leaves a step of 70 % of the lesion's contrast at its edge.
     alpha_range: tuple[float, float] | None = (0.0, 0.7)
-    # Ours: the width in pixels, drawn uniformly per lesion from this range, over which a
-    # lesion's opacity fades in from its edge (selfmix.edge_fade); None: the paper's edge (a
-    # step of alpha at P's border). Real lesions at 256 px fade over 1-3 px.
-    edge: tuple[float, float] | None = (0.5, 3.0)
+    # Ours, off by default: the width in pixels, drawn uniformly per lesion from this range,
+    # over which a lesion's opacity fades in from its edge (selfmix.edge_fade); None: the
+    # paper's edge (a step of alpha at P's border). Real lesions at 256 px fade over 1-3 px,
+    # but (0.5, 3.0) lowered real-lesion AUPR on idrid-512 from 0.253 to 0.199 (1,000 stage-2
+    # steps, benchmarks/bench_detect.py): labelled pixels that barely change teach the network
+    # to doubt.
+    edge: tuple[float, float] | None = None
     # Table 4 ablations. source: "fundus" (paper: normal training images) or "texture" (DRAEM's
     # external texture images, e.g. DTD). blend: "selfmix" (Eq. 4) or "paste" (hard paste, W = 1).
     # mask: "perlin" (P from thresholded Perlin noise) or "crop" (P = the whole crop).
@@ -472,7 +475,8 @@ class AnomalyGenerator:
         drawn: dict = {}
         if cfg.tone.mode == "shift":
             tone = drawn["tone"] = draw_tone(rng, cfg.tone)
-            C_s = apply_tone(C_s, C_t, P, tone["delta"], tone["texture"], cfg.tone.channels)
+            channels = tone.get("channels", cfg.tone.channels)
+            C_s = apply_tone(C_s, C_t, P, tone["delta"], tone["texture"], channels)
         if cfg.blend == "paste":
             return paste(C_s, C_t, P), drawn
         alpha = cfg.alpha

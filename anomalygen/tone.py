@@ -55,6 +55,9 @@ class ToneConfig:
     # delta's weight per channel (R, G, B). Ours: real lesions change R and G about equally and
     # B by 0.7 to 0.8 of that (the prepared images' blue channel is dim, ~30 of 255).
     channels: tuple[float, float, float] = (1.0, 1.0, 0.75)
+    # Each channel weight is multiplied per lesion by a factor uniform in [1 - j, 1 + j] (0:
+    # off), so that lesions do not all shift along one colour direction.
+    channel_jitter: float = 0.0
     # k, uniform in this range: how much of C_s's texture the lesion keeps (0: a flat tone).
     # Ours: at most half of it (real lesions are nearly uniform at 256 px).
     texture: tuple[float, float] = (0.0, 0.5)
@@ -76,22 +79,29 @@ class ToneConfig:
                 raise ConfigError(
                     f"tone.{name}: need 0 <= low <= high <= {hi:g}, got {lo_v}, {hi_v}"
                 )
+        if not 0.0 <= self.channel_jitter < 1.0:
+            raise ConfigError(f"tone.channel_jitter: must be in [0, 1), got {self.channel_jitter}")
         if len(self.channels) != 3 or not all(0.0 <= c <= 2.0 for c in self.channels):
             raise ConfigError(f"tone.channels: need three weights in [0, 2], got {self.channels}")
 
 
 def draw_tone(rng: np.random.Generator, config: ToneConfig) -> dict:
-    """The values of one lesion's tone: ``{"delta": levels, "texture": k}`` (always two draws
-    of ``rng`` plus one for the sign, so streams stay aligned)."""
+    """The values of one lesion's tone: ``{"delta": levels, "texture": k}``, plus the jittered
+    ``"channels"`` with ``config.channel_jitter`` (three draws, plus three with the jitter)."""
     u = rng.random(3)
     dark = bool(u[0] < config.p_dark)
     lo, hi = config.dark if dark else config.bright
     magnitude = lo + (hi - lo) * float(u[1])
     t_lo, t_hi = config.texture
-    return {
+    drawn = {
         "delta": -magnitude if dark else magnitude,
         "texture": t_lo + (t_hi - t_lo) * float(u[2]),
     }
+    if config.channel_jitter > 0:
+        j = config.channel_jitter
+        factors = 1.0 + j * (2.0 * rng.random(3) - 1.0)
+        drawn["channels"] = [float(c * f) for c, f in zip(config.channels, factors, strict=True)]
+    return drawn
 
 
 def apply_tone(

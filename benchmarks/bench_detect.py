@@ -162,7 +162,9 @@ def stage1_key(row: Row) -> str:
     from resynth_models.train import TRAIN_PRESETS
 
     net = PRESETS["small"]
-    preset = [TRAIN_PRESETS["small"], net.rec_width, net.rec_depth, net.norm]
+    stage2_only = ("steps", "val_samples", "val_interval", "log_interval", "ckpt_interval")
+    train = {k: v for k, v in TRAIN_PRESETS["small"].items() if k not in stage2_only}
+    preset = [train, net.rec_width, net.rec_depth, net.norm]
     spec = json.dumps([row.normals, SIZE, list(row.train_args), preset], sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 

@@ -83,6 +83,7 @@ PAPER_GENERATOR: dict[str, Any] = {
         "bright": [4.0, 60.0],
         "channels": [1.0, 1.0, 0.75],
         "texture": [0.0, 1.0],
+        "channel_jitter": 0.0,
     },
 }
 
