@@ -5,21 +5,24 @@ contrast, hue change, colour-temperature change, auto-contrast and random colour
 no parameter ranges; ours come from imgaug's augmenters of the same name (which DRAEM and the
 paper's code base use) unless a comment says otherwise.
 
-Each operation is one small pure function in the style of albumentations' functional layer::
+Each operation is two small functions, drawing and applying kept apart as in albumentations'
+functional layer::
 
-    op(img, rng, params) -> (new_img, applied)
+    values = draw_op(rng, params)      # the op's random values, a dict of plain Python numbers
+    new_img = op(img, **values)        # pure: the same image and values give the same bytes
 
 ``img`` is (H, W, 3) uint8 RGB and is never modified; ``params`` is the op's frozen dataclass of
-ranges; ``applied`` holds the values drawn, as JSON-compatible Python numbers, for the sample's
-metadata. Everything is 8-bit OpenCV work (``cv2.LUT``, ``cv2.cvtColor``, an exact
-``cv2.filter2D``); there is no per-pixel Python. Transcendental functions (gamma's power) are only
-evaluated on 256-entry tables in float64, so platforms agree on every output byte except where a
-value lands within one ulp of a rounding tie.
+ranges; ``values`` are JSON-compatible. A sample's metadata records them (``{"op": name,
+**values}``), so that :func:`apply_ops` replays a lesion's look from its metadata alone
+(:mod:`anomalygen.replay`). Everything is 8-bit OpenCV work (``cv2.LUT``, ``cv2.cvtColor``, an
+exact ``cv2.filter2D``); there is no per-pixel Python. Transcendental functions (gamma's power)
+are only evaluated on 256-entry tables in float64, so platforms agree on every output byte
+except where a value lands within one ulp of a rounding tie.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -63,7 +66,13 @@ class SharpenParams:
         _check_range("sharpen.lightness", self.lightness, 0.0, 10.0)
 
 
-def sharpen(img: np.ndarray, rng: np.random.Generator, params: SharpenParams) -> tuple:
+def draw_sharpen(rng: np.random.Generator, params: SharpenParams) -> dict:
+    """``{"alpha", "lightness"}``, each uniform in its range (alpha drawn first)."""
+    alpha = _uniform(rng, params.alpha)
+    return {"alpha": alpha, "lightness": _uniform(rng, params.lightness)}
+
+
+def sharpen(img: np.ndarray, *, alpha: float, lightness: float) -> np.ndarray:
     """imgaug's Sharpen as one exact ``cv2.filter2D`` (borders reflected, OpenCV's default).
 
     The kernel has centre weight 1 + alpha * (7 + L) and -alpha on the 8 neighbours. Both are
@@ -71,13 +80,11 @@ def sharpen(img: np.ndarray, rng: np.random.Generator, params: SharpenParams) ->
     multiple of 1/256 below 2**13 and float32 holds it exactly: the result, rounded half to even
     and saturated by OpenCV, does not depend on summation order or SIMD path.
     """
-    alpha = _uniform(rng, params.alpha)
-    lightness = _uniform(rng, params.lightness)
     a = round(alpha * 256)
     k = round((1.0 + alpha * (7.0 + lightness)) * 256)
     kernel = np.full((3, 3), -a / 256, dtype=np.float32)
     kernel[1, 1] = k / 256
-    return cv2.filter2D(img, -1, kernel), {"alpha": alpha, "lightness": lightness}
+    return cv2.filter2D(img, -1, kernel)
 
 
 # --- solarizing -----------------------------------------------------------------------------
@@ -92,11 +99,15 @@ class SolarizeParams:
         _check_range("solarize.threshold", self.threshold, 0, 256)
 
 
-def solarize(img: np.ndarray, rng: np.random.Generator, params: SolarizeParams) -> tuple:
-    """Invert every value at or above a drawn threshold (integer, inclusive range)."""
-    threshold = int(rng.integers(params.threshold[0], params.threshold[1] + 1))
+def draw_solarize(rng: np.random.Generator, params: SolarizeParams) -> dict:
+    """``{"threshold"}``: an integer uniform in the inclusive range."""
+    return {"threshold": int(rng.integers(params.threshold[0], params.threshold[1] + 1))}
+
+
+def solarize(img: np.ndarray, *, threshold: int) -> np.ndarray:
+    """Invert every value at or above ``threshold``."""
     lut = np.where(_LEVELS >= threshold, 255 - _LEVELS, _LEVELS).astype(np.uint8)
-    return cv2.LUT(img, lut), {"threshold": threshold}
+    return cv2.LUT(img, lut)
 
 
 # --- gamma contrast -------------------------------------------------------------------------
@@ -112,14 +123,19 @@ class GammaParams:
         _check_range("gamma.gamma", self.gamma, 0.01, 100.0)
 
 
-def gamma(img: np.ndarray, rng: np.random.Generator, params: GammaParams) -> tuple:
-    """Gamma contrast through a LUT; one gamma per channel when ``per_channel``."""
+def draw_gamma(rng: np.random.Generator, params: GammaParams) -> dict:
+    """``{"gamma": [r, g, b]}``: three draws with ``per_channel``, else one value three times."""
     if params.per_channel:
-        gammas = [_uniform(rng, params.gamma) for _ in range(3)]
-    else:
-        gammas = [_uniform(rng, params.gamma)] * 3
-    tables = 255.0 * np.power(_LEVELS[None, :] / 255.0, np.array(gammas)[:, None])
-    return cv2.LUT(img, _lut3(tables)), {"gamma": gammas}
+        return {"gamma": [_uniform(rng, params.gamma) for _ in range(3)]}
+    return {"gamma": [_uniform(rng, params.gamma)] * 3}
+
+
+def gamma(img: np.ndarray, *, gamma: Sequence[float]) -> np.ndarray:
+    """Gamma contrast through a LUT, ``gamma`` one exponent per channel (R, G, B)."""
+    if len(gamma) != 3:
+        raise ValueError(f"gamma: need one exponent per channel (3), got {len(gamma)}")
+    tables = 255.0 * np.power(_LEVELS[None, :] / 255.0, np.array(gamma, dtype=np.float64)[:, None])
+    return cv2.LUT(img, _lut3(tables))
 
 
 # --- hue change -----------------------------------------------------------------------------
@@ -135,13 +151,21 @@ class HueParams:
         _check_range("hue.degrees", self.degrees, -180.0, 180.0)
 
 
-def hue(img: np.ndarray, rng: np.random.Generator, params: HueParams) -> tuple:
-    """Rotate the hue in HSV by a drawn angle (integer multiple of 2 degrees)."""
+def draw_hue(rng: np.random.Generator, params: HueParams) -> dict:
+    """``{"degrees"}``: an even integer (OpenCV's 8-bit hue has 2-degree steps) in the range."""
     steps = int(rng.integers(round(params.degrees[0] / 2), round(params.degrees[1] / 2) + 1))
+    return {"degrees": 2 * steps}
+
+
+def hue(img: np.ndarray, *, degrees: int) -> np.ndarray:
+    """Rotate the hue in HSV by ``degrees``, an even integer (OpenCV's hue steps are 2 degrees)."""
+    if degrees != int(degrees) or int(degrees) % 2:
+        raise ValueError(f"hue: degrees must be an even integer, got {degrees!r}")
+    steps = int(degrees) // 2
     hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)  # 8-bit hue in 0..179
     tables = np.stack([(_LEVELS + steps) % 180, _LEVELS, _LEVELS])
     hsv = cv2.LUT(hsv, _lut3(tables))
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), {"degrees": 2 * steps}
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
 # --- colour temperature ---------------------------------------------------------------------
@@ -191,11 +215,15 @@ class TemperatureParams:
         _check_range("temperature.kelvin", self.kelvin, 1000.0, 10000.0)
 
 
-def temperature(img: np.ndarray, rng: np.random.Generator, params: TemperatureParams) -> tuple:
-    """Multiply each channel by the blackbody colour of a drawn temperature (LUT)."""
-    kelvin = _uniform(rng, params.kelvin)
+def draw_temperature(rng: np.random.Generator, params: TemperatureParams) -> dict:
+    """``{"kelvin"}``, uniform in the range."""
+    return {"kelvin": _uniform(rng, params.kelvin)}
+
+
+def temperature(img: np.ndarray, *, kelvin: float) -> np.ndarray:
+    """Multiply each channel by the blackbody colour of ``kelvin`` (LUT)."""
     mult = np.array(kelvin_to_rgb(kelvin))
-    return cv2.LUT(img, _lut3(mult[:, None] * _LEVELS[None, :])), {"kelvin": kelvin}
+    return cv2.LUT(img, _lut3(mult[:, None] * _LEVELS[None, :]))
 
 
 # --- auto-contrast --------------------------------------------------------------------------
@@ -211,13 +239,17 @@ class AutocontrastParams:
         _check_range("autocontrast.cutoff", self.cutoff, 0.0, 49.0)
 
 
-def autocontrast(img: np.ndarray, rng: np.random.Generator, params: AutocontrastParams) -> tuple:
+def draw_autocontrast(rng: np.random.Generator, params: AutocontrastParams) -> dict:
+    """``{"cutoff"}``: percent, uniform in the range."""
+    return {"cutoff": _uniform(rng, params.cutoff)}
+
+
+def autocontrast(img: np.ndarray, *, cutoff: float) -> np.ndarray:
     """Stretch each channel's [low, high] (after cutting ``cutoff`` % at both ends) to [0, 255].
 
     Works on the image it is given: applied to a lesion crop, it stretches the crop's own
     range, which is stronger than stretching the whole photograph.
     """
-    cutoff = _uniform(rng, params.cutoff)
     n = img.shape[0] * img.shape[1]
     cut = n * cutoff / 100.0
     hist = np.stack([cv2.calcHist([img], [c], None, [256], [0, 256]).ravel() for c in range(3)])
@@ -228,7 +260,7 @@ def autocontrast(img: np.ndarray, rng: np.random.Generator, params: Autocontrast
     flat = span <= 0  # a flat channel is left as it is
     scale = np.where(flat, 1.0, 255.0 / np.maximum(span, 1))
     tables = (_LEVELS[None, :] - np.where(flat, 0, low)[:, None]) * scale[:, None]
-    return cv2.LUT(img, _lut3(tables)), {"cutoff": cutoff}
+    return cv2.LUT(img, _lut3(tables))
 
 
 # --- random colour shift --------------------------------------------------------------------
@@ -244,23 +276,38 @@ class ColorShiftParams:
         _check_range("color_shift.offset", self.offset, -255, 255)
 
 
-def color_shift(img: np.ndarray, rng: np.random.Generator, params: ColorShiftParams) -> tuple:
-    """Add a drawn integer offset to each channel (saturating)."""
-    offsets = [int(v) for v in rng.integers(params.offset[0], params.offset[1] + 1, size=3)]
+def draw_color_shift(rng: np.random.Generator, params: ColorShiftParams) -> dict:
+    """``{"offsets": [r, g, b]}``: integers, uniform in the inclusive range (one call)."""
+    return {"offsets": [int(v) for v in rng.integers(params.offset[0], params.offset[1] + 1, 3)]}
+
+
+def color_shift(img: np.ndarray, *, offsets: Sequence[int]) -> np.ndarray:
+    """Add an integer offset to each channel (R, G, B; saturating)."""
+    if len(offsets) != 3:
+        raise ValueError(f"color_shift: need one offset per channel (3), got {len(offsets)}")
     tables = _LEVELS[None, :] + np.array(offsets, dtype=np.float64)[:, None]
-    return cv2.LUT(img, _lut3(tables)), {"offsets": offsets}
+    return cv2.LUT(img, _lut3(tables))
 
 
 # --- the pool -------------------------------------------------------------------------------
 
-OPS: dict[str, Callable] = {
-    "sharpen": sharpen,
-    "solarize": solarize,
-    "gamma": gamma,
-    "hue": hue,
-    "temperature": temperature,
-    "autocontrast": autocontrast,
-    "color_shift": color_shift,
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of the pool: ``draw(rng, params) -> values``, ``apply(img, **values)``."""
+
+    draw: Callable[..., dict]
+    apply: Callable[..., np.ndarray]
+
+
+OPS: dict[str, Op] = {
+    "sharpen": Op(draw_sharpen, sharpen),
+    "solarize": Op(draw_solarize, solarize),
+    "gamma": Op(draw_gamma, gamma),
+    "hue": Op(draw_hue, hue),
+    "temperature": Op(draw_temperature, temperature),
+    "autocontrast": Op(draw_autocontrast, autocontrast),
+    "color_shift": Op(draw_color_shift, color_shift),
 }
 
 
@@ -299,23 +346,49 @@ class AugmentConfig:
             )
 
 
+def draw_ops(rng: np.random.Generator, config: AugmentConfig = AugmentConfig()) -> list[dict]:
+    """``config.n_ops`` distinct operations from ``config.ops`` in a random order, with their
+    values: ``[{"op": name, **values}, ...]`` in the order they are applied."""
+    picks = rng.permutation(len(config.ops))[: config.n_ops]  # distinct, in random order
+    drawn = []
+    for i in picks:
+        name = config.ops[int(i)]
+        drawn.append({"op": name, **OPS[name].draw(rng, getattr(config, name))})
+    return drawn
+
+
+def apply_ops(img: np.ndarray, ops: Sequence[dict]) -> np.ndarray:
+    """Apply ``ops`` (``[{"op": name, **values}]``, as :func:`draw_ops` gives them and a
+    sample's metadata records them) in order. Pure; returns a new array (``img`` is never
+    modified). Raises ValueError for an unknown operation or values it does not take."""
+    _check_rgb(img)
+    out = img
+    for entry in ops:
+        values = dict(entry)
+        name = values.pop("op", None)
+        if name not in OPS:
+            raise ValueError(f"augment: unknown operation {name!r}; choose from {', '.join(OPS)}")
+        try:
+            out = OPS[name].apply(out, **values)
+        except TypeError as err:  # a missing or unknown value name
+            raise ValueError(f"augment: {name} cannot take {sorted(values)}: {err}") from None
+    return img.copy() if out is img else out  # no ops: still hand back a new array
+
+
 def augment(
     img: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig()
 ) -> tuple[np.ndarray, list[dict]]:
-    """Apply ``config.n_ops`` distinct operations from ``config.ops``, in a random order.
+    """Draw (:func:`draw_ops`) and apply (:func:`apply_ops`) ``config.n_ops`` distinct
+    operations from ``config.ops``, in a random order.
 
     Returns the new image (``img`` is not modified) and ``[{"op": name, **values}, ...]`` in the
     order applied.
     """
+    _check_rgb(img)
+    ops = draw_ops(rng, config)
+    return apply_ops(img, ops), ops
+
+
+def _check_rgb(img: np.ndarray) -> None:
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"augment: expected an (H, W, 3) uint8 image, got {img.shape} {img.dtype}")
-    picks = rng.permutation(len(config.ops))[: config.n_ops]  # distinct, in random order
-    applied = []
-    out = img
-    for i in picks:
-        name = config.ops[int(i)]
-        out, values = OPS[name](out, rng, getattr(config, name))
-        applied.append({"op": name, **values})
-    if out is img:  # n_ops == 0: still hand back a new array
-        out = img.copy()
-    return out, applied

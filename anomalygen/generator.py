@@ -32,7 +32,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from anomalygen.augment import OPS, AugmentConfig, augment
+from anomalygen.augment import OPS, AugmentConfig, apply_ops, draw_ops
 from anomalygen.config import from_dict, to_dict
 from anomalygen.errors import ConfigError, ImageError
 from anomalygen.perlin import PerlinConfig, perlin_mask
@@ -171,6 +171,54 @@ class SyntheticSample:
     # sample's "area" counts M_G). In texture mode source_box is in the texture tiled with
     # np.tile, so it can run past a texture smaller than the crop. "ops" are in applied order.
     meta: dict
+
+
+@dataclass(frozen=True, eq=False)
+class Lesion:
+    """Everything drawn for one lesion: with the target and source pixels, all that
+    :func:`paint_lesion` needs. :meth:`meta` is its record in a sample's metadata, which holds
+    every field but P (thousands of Perlin gradients; :mod:`anomalygen.replay` draws P again)."""
+
+    target_box: tuple[int, int, int, int]  # C_t in the target: y0, x0, y1, x1 (end-exclusive)
+    source_box: tuple[int, int, int, int]  # C_s in the source (tiled texture in texture mode)
+    P: np.ndarray  # (h, w) uint8 in {0, 1}: the lesion in its crop, inside the target FOV
+    ops: list[dict]  # [{"op": name, **values}] in applied order (anomalygen.augment.draw_ops)
+    tone: dict | None = None  # anomalygen.tone.draw_tone's values; None: C_s's own colours
+    alpha: float | None = None  # drawn per lesion (alpha_range); None: the config's alpha
+    edge: float | None = None  # the soft edge's width in pixels (edge); None: no soft edge
+
+    def meta(self) -> dict:
+        """``{"target_box", "source_box", "ops", "area"}`` plus ``tone``, ``alpha`` and
+        ``edge`` where drawn (JSON-compatible)."""
+        record = {
+            "target_box": list(self.target_box),
+            "source_box": list(self.source_box),
+            "ops": self.ops,
+            "area": int(np.count_nonzero(self.P)),
+        }
+        for name in ("tone", "alpha", "edge"):
+            if getattr(self, name) is not None:
+                record[name] = getattr(self, name)
+        return record
+
+    @classmethod
+    def from_meta(cls, record: dict, P: np.ndarray) -> Lesion:
+        """The lesion that :meth:`meta` recorded, with its mask ``P`` (which the record lacks).
+        Raises ValueError when the record's boxes do not have P's shape."""
+        target_box = tuple(int(v) for v in record["target_box"])
+        source_box = tuple(int(v) for v in record["source_box"])
+        for name, box in (("target_box", target_box), ("source_box", source_box)):
+            if len(box) != 4 or (box[2] - box[0], box[3] - box[1]) != P.shape:
+                raise ValueError(f"lesion {name} {list(box)} does not fit its P of {P.shape}")
+        return cls(
+            target_box,  # type: ignore[arg-type]
+            source_box,  # type: ignore[arg-type]
+            P,
+            [dict(op) for op in record["ops"]],
+            record.get("tone"),
+            record.get("alpha"),
+            record.get("edge"),
+        )
 
 
 #: The paper's generator (section 3.3, with DRAEM's values where the paper gives none), every
@@ -328,6 +376,14 @@ def _place(
     return tried[int(np.argmax(coverage))]  # the first of the best
 
 
+def _tiled_shape(shape: tuple[int, int], h: int, w: int) -> tuple[int, int]:
+    """The shape :func:`tile_to` gives a texture of ``shape`` for an (h, w) crop."""
+    th, tw = shape
+    if th >= h and tw >= w:
+        return th, tw
+    return th * max(1, -(-h // th)), tw * max(1, -(-w // tw))
+
+
 def tile_to(texture: np.ndarray, h: int, w: int) -> np.ndarray:
     """Repeat a texture smaller than (h, w) until it covers it (texture-mode source boxes are in
     this tiled image's coordinates)."""
@@ -335,6 +391,197 @@ def tile_to(texture: np.ndarray, h: int, w: int) -> np.ndarray:
     if th >= h and tw >= w:
         return texture
     return np.tile(texture, (max(1, -(-h // th)), max(1, -(-w // tw)), 1))
+
+
+def check_inputs(
+    target: np.ndarray,
+    source: np.ndarray,
+    fov: np.ndarray | None,
+    source_fov: np.ndarray | None,
+    mode: str = "fundus",
+) -> np.ndarray | None:
+    """Raise :class:`ImageError` for images or FOV masks that :meth:`AnomalyGenerator.generate`
+    cannot use; return the source FOV it uses (None in texture ``mode``, where it is ignored)."""
+    _check_image("target", target)
+    _check_image("source", source)
+    _check_fov("fov", fov, (target.shape[0], target.shape[1]))
+    if mode != "fundus":
+        return None
+    _check_fov("source_fov", source_fov, source.shape[:2])
+    return source_fov
+
+
+# --- drawing: every random value of a sample, from shapes and FOVs (no pixels) ----------------
+
+
+def draw_lesions(
+    rng: np.random.Generator,
+    config: GeneratorConfig,
+    shape: tuple[int, int],
+    source_shape: tuple[int, int],
+    fov: np.ndarray | None = None,
+    source_fov: np.ndarray | None = None,
+) -> list[Lesion]:
+    """Every draw of one sample, in the generator's order: its lesions, [] for a normal sample.
+
+    No draw depends on a pixel (only on the image ``shape``, the source's ``source_shape`` and
+    the FOVs), so a sample is drawn whole and then painted by :func:`paint_lesions`.
+    """
+    if rng.random() < config.p_normal:
+        return []
+    lesions = []
+    for _ in range(int(rng.integers(config.lesions[0], config.lesions[1] + 1))):
+        lesion = draw_lesion(rng, config, shape, source_shape, fov, source_fov)
+        if lesion is not None:
+            lesions.append(lesion)
+    if not lesions:  # every lesion fell outside a small or ragged FOV: one on a FOV pixel
+        inside = np.flatnonzero(fov) if fov is not None else np.arange(shape[0] * shape[1])
+        if inside.size == 0:
+            raise ImageError("fov: the target's field of view is empty; no lesion can be placed")
+        anchor = divmod(int(inside[int(rng.integers(inside.size))]), shape[1])
+        lesion = draw_lesion(rng, config, shape, source_shape, fov, source_fov, anchor=anchor)
+        assert lesion is not None  # P keeps the anchor pixel, which lies in the FOV
+        lesions.append(lesion)
+    return lesions
+
+
+def draw_lesion(
+    rng: np.random.Generator,
+    config: GeneratorConfig,
+    shape: tuple[int, int],
+    source_shape: tuple[int, int],
+    fov: np.ndarray | None,
+    source_fov: np.ndarray | None,
+    anchor: tuple[int, int] | None = None,
+) -> Lesion | None:
+    """One lesion's draws, or None if P does not meet the target FOV (nothing more is drawn).
+
+    With ``anchor`` (a FOV pixel) the crop has the minimum size, is centred on the anchor and P
+    keeps that pixel.
+    """
+    cfg = config
+    H, W = shape
+    if cfg.source == "fundus":
+        limit = (min(H, source_shape[0]), min(W, source_shape[1]))
+    else:
+        limit = (H, W)
+    if anchor is None:
+        h, w = _crop_size(rng, cfg, min(H, W), limit)
+    else:
+        h, w = min(MIN_CROP_PX, limit[0]), min(MIN_CROP_PX, limit[1])
+
+    # Where C_s comes from (inside the source FOV) and where C_t goes (inside the target FOV).
+    if cfg.source == "texture":
+        sy, sx = _place(None, _tiled_shape(source_shape, h, w), (h, w), rng, 1)
+    else:
+        sy, sx = _place(source_fov, source_shape, (h, w), rng, cfg.placement_tries)
+    if cfg.mask == "perlin":
+        P = perlin_mask((h, w), rng, cfg.perlin)
+    else:
+        P = np.ones((h, w), dtype=np.uint8)
+    if anchor is None:
+        ty, tx = _place(fov, (H, W), (h, w), rng, cfg.placement_tries)
+    else:
+        ty = min(max(anchor[0] - h // 2, 0), H - h)
+        tx = min(max(anchor[1] - w // 2, 0), W - w)
+    if fov is not None:
+        P = P & (fov[ty : ty + h, tx : tx + w] != 0).view(np.uint8)
+    if anchor is not None:
+        P[anchor[0] - ty, anchor[1] - tx] = 1
+    if not P.any():
+        return None
+
+    ops = draw_ops(rng, cfg.augment)
+    tone = draw_tone(rng, cfg.tone) if cfg.tone.mode == "shift" else None
+    alpha = edge = None
+    if cfg.blend == "selfmix":
+        if cfg.alpha_range is not None:
+            lo, hi = cfg.alpha_range
+            alpha = lo + (hi - lo) * float(rng.random())
+        if cfg.edge is not None:
+            lo, hi = cfg.edge
+            edge = lo + (hi - lo) * float(rng.random())
+    target_box, source_box = (ty, tx, ty + h, tx + w), (sy, sx, sy + h, sx + w)
+    return Lesion(target_box, source_box, P, ops, tone, alpha, edge)
+
+
+def _crop_size(
+    rng: np.random.Generator, config: GeneratorConfig, side: int, limit: tuple[int, int]
+) -> tuple[int, int]:
+    """(h, w): side log-uniform in ``crop_size`` * ``side``, aspect h/w log-uniform,
+    at least MIN_CROP_PX and at most ``limit``."""
+    lo, hi = config.crop_size
+    s = side * lo * math.pow(hi / lo, float(rng.random()))
+    a_lo, a_hi = config.aspect
+    root = math.sqrt(a_lo * math.pow(a_hi / a_lo, float(rng.random())))
+    h = min(max(round(s * root), MIN_CROP_PX), limit[0])
+    w = min(max(round(s / root), MIN_CROP_PX), limit[1])
+    return h, w
+
+
+# --- painting: pure given the draws ------------------------------------------------------------
+
+
+def paint_lesions(
+    target: np.ndarray, source: np.ndarray, lesions: list[Lesion], config: GeneratorConfig
+) -> SyntheticSample:
+    """The sample (I_G, M_G, meta) that ``lesions`` make on a copy of ``target`` (none: a normal
+    sample). Pure: draws nothing, modifies no input."""
+    image = target.copy()
+    mask = np.zeros(target.shape[:2], dtype=np.uint8)
+    if not lesions:
+        return SyntheticSample(image, mask, {"normal": True, "area": 0, "lesions": []})
+    area = 0  # counted lesion by lesion: no full-image pass
+    for lesion in lesions:
+        area += paint_lesion(image, mask, source, lesion, config)
+    meta = {"normal": False, "area": area, "lesions": [lesion.meta() for lesion in lesions]}
+    return SyntheticSample(image, mask, meta)
+
+
+def paint_lesion(
+    image: np.ndarray, mask: np.ndarray, source: np.ndarray, lesion: Lesion, config: GeneratorConfig
+) -> int:
+    """Write ``lesion`` into ``image`` (I_G so far) and its P into ``mask`` (M_G so far); return
+    the number of mask pixels it newly set."""
+    ty, tx, _, _ = lesion.target_box
+    sy, sx, _, _ = lesion.source_box
+    h, w = lesion.P.shape
+    if config.source == "texture":
+        source = tile_to(source, h, w)
+    # Only P's bounding box (y0:y1, x0:x1 in the crop) can change, so the per-pixel work is
+    # done there: W on the box equals W on the whole crop (the ring around a tight box is
+    # background, and the nearest background pixel is never farther out), and C_s is
+    # augmented on the box widened by one pixel so that 3x3 operations see real neighbours.
+    bx, by, bw, bh = cv2.boundingRect(lesion.P)
+    y0, x0, y1, x1 = by, bx, by + bh, bx + bw
+    ay0, ax0, ay1, ax1 = max(y0 - 1, 0), max(x0 - 1, 0), min(y1 + 1, h), min(x1 + 1, w)
+    window = source[sy + ay0 : sy + ay1, sx + ax0 : sx + ax1]
+    C_s = apply_ops(window, lesion.ops)[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
+    P = lesion.P[y0:y1, x0:x1]
+
+    # Fuse C_s into C_t (Eq. 4) and record C_m = P in M_G.
+    region = (slice(ty + y0, ty + y1), slice(tx + x0, tx + x1))
+    image[region] = _fuse(C_s, image[region], P, lesion, config)
+    before = int(np.count_nonzero(mask[region]))
+    mask[region] |= P
+    return int(np.count_nonzero(mask[region])) - before
+
+
+def _fuse(
+    C_s: np.ndarray, C_t: np.ndarray, P: np.ndarray, lesion: Lesion, config: GeneratorConfig
+) -> np.ndarray:
+    """The lesion crop C (Eq. 4) from the augmented C_s and the target's C_t on P's box, after
+    the tone step where the lesion has a tone."""
+    if lesion.tone is not None:
+        tone = lesion.tone
+        channels = tone.get("channels", config.tone.channels)
+        C_s = apply_tone(C_s, C_t, P, tone["delta"], tone["texture"], channels)
+    if config.blend == "paste":
+        return paste(C_s, C_t, P)
+    W = distance_weights(P, config.alpha if lesion.alpha is None else lesion.alpha)
+    if lesion.edge is not None:
+        W *= edge_fade(P, lesion.edge)
+    return self_mix(C_s, C_t, P, W)
 
 
 class AnomalyGenerator:
@@ -361,162 +608,10 @@ class AnomalyGenerator:
         None means "everywhere". Inputs are never modified. Raises :class:`ImageError` for
         arrays of the wrong shape or dtype, or when no lesion can be placed because ``fov`` is
         empty.
+
+        The sample is :func:`draw_lesions` (every random draw) then :func:`paint_lesions` (pure).
         """
         cfg = self.config
-        _check_image("target", target)
-        _check_image("source", source)
-        shape = (target.shape[0], target.shape[1])
-        _check_fov("fov", fov, shape)
-        if cfg.source == "fundus":
-            _check_fov("source_fov", source_fov, source.shape[:2])
-        else:
-            source_fov = None
-
-        image = target.copy()
-        mask = np.zeros(shape, dtype=np.uint8)
-        if rng.random() < cfg.p_normal:
-            return SyntheticSample(image, mask, {"normal": True, "area": 0, "lesions": []})
-
-        lesions, area = [], 0  # area counted lesion by lesion: no full-image pass
-        for _ in range(int(rng.integers(cfg.lesions[0], cfg.lesions[1] + 1))):
-            made = self._lesion(image, mask, source, rng, fov, source_fov)
-            if made is not None:
-                lesions.append(made[0])
-                area += made[1]
-        if not lesions:  # every lesion fell outside a small or ragged FOV
-            lesion, area = self._anchored_lesion(image, mask, source, rng, fov, source_fov)
-            lesions.append(lesion)
-        meta = {"normal": False, "area": area, "lesions": lesions}
-        return SyntheticSample(image, mask, meta)
-
-    def _lesion(
-        self,
-        image: np.ndarray,
-        mask: np.ndarray,
-        source: np.ndarray,
-        rng: np.random.Generator,
-        fov: np.ndarray | None,
-        source_fov: np.ndarray | None,
-        anchor: tuple[int, int] | None = None,
-    ) -> tuple[dict, int] | None:
-        """Make one lesion and write it into ``image`` and ``mask`` (our own arrays).
-
-        Returns its metadata and the number of mask pixels it newly set, or None if P does not
-        meet the target FOV. With ``anchor`` (a FOV
-        pixel) the crop has the minimum size, is centred on the anchor and P keeps that pixel.
-        """
-        cfg = self.config
-        H, W = mask.shape
-        if cfg.source == "fundus":
-            limit = (min(H, source.shape[0]), min(W, source.shape[1]))
-        else:
-            limit = (H, W)
-        if anchor is None:
-            h, w = self._crop_size(rng, min(H, W), limit)
-        else:
-            h, w = min(MIN_CROP_PX, limit[0]), min(MIN_CROP_PX, limit[1])
-
-        # Where C_s comes from (inside the source FOV) and where C_t goes (inside the target FOV).
-        if cfg.source == "texture":
-            source = tile_to(source, h, w)
-            sy, sx = _place(None, source.shape[:2], (h, w), rng, 1)
-        else:
-            sy, sx = _place(source_fov, source.shape[:2], (h, w), rng, cfg.placement_tries)
-        if cfg.mask == "perlin":
-            P = perlin_mask((h, w), rng, cfg.perlin)
-        else:
-            P = np.ones((h, w), dtype=np.uint8)
-        if anchor is None:
-            ty, tx = _place(fov, (H, W), (h, w), rng, cfg.placement_tries)
-        else:
-            ty = min(max(anchor[0] - h // 2, 0), H - h)
-            tx = min(max(anchor[1] - w // 2, 0), W - w)
-        if fov is not None:
-            P = P & (fov[ty : ty + h, tx : tx + w] != 0).view(np.uint8)
-        if anchor is not None:
-            P[anchor[0] - ty, anchor[1] - tx] = 1
-        if not P.any():
-            return None
-
-        # Only P's bounding box (y0:y1, x0:x1 in the crop) can change, so the per-pixel work is
-        # done there: W on the box equals W on the whole crop (the ring around a tight box is
-        # background, and the nearest background pixel is never farther out), and C_s is
-        # augmented on the box widened by one pixel so that 3x3 operations see real neighbours.
-        bx, by, bw, bh = cv2.boundingRect(P)
-        y0, x0, y1, x1 = by, bx, by + bh, bx + bw
-        ay0, ax0, ay1, ax1 = max(y0 - 1, 0), max(x0 - 1, 0), min(y1 + 1, h), min(x1 + 1, w)
-        window = source[sy + ay0 : sy + ay1, sx + ax0 : sx + ax1]
-        augmented, ops = augment(window, rng, cfg.augment)
-        C_s = augmented[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
-        P = P[y0:y1, x0:x1]
-
-        # Fuse C_s into C_t (Eq. 4) and record C_m = P in M_G.
-        region = (slice(ty + y0, ty + y1), slice(tx + x0, tx + x1))
-        image[region], fused = self._fuse(C_s, image[region], P, rng)
-        before = int(np.count_nonzero(mask[region]))
-        mask[region] |= P
-        added = int(np.count_nonzero(mask[region])) - before
-        meta = {
-            "target_box": [ty, tx, ty + h, tx + w],
-            "source_box": [sy, sx, sy + h, sx + w],
-            "ops": ops,
-            "area": int(np.count_nonzero(P)),
-            **fused,
-        }
-        return meta, added
-
-    def _fuse(
-        self, C_s: np.ndarray, C_t: np.ndarray, P: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, dict]:
-        """The lesion crop C (Eq. 4) from the augmented C_s and the target's C_t on P's box,
-        after the tone step where it is on, and the values drawn for the metadata: ``tone``
-        (anomalygen.tone) and ``alpha`` (when drawn per lesion)."""
-        cfg = self.config
-        drawn: dict = {}
-        if cfg.tone.mode == "shift":
-            tone = drawn["tone"] = draw_tone(rng, cfg.tone)
-            channels = tone.get("channels", cfg.tone.channels)
-            C_s = apply_tone(C_s, C_t, P, tone["delta"], tone["texture"], channels)
-        if cfg.blend == "paste":
-            return paste(C_s, C_t, P), drawn
-        alpha = cfg.alpha
-        if cfg.alpha_range is not None:
-            lo, hi = cfg.alpha_range
-            alpha = drawn["alpha"] = lo + (hi - lo) * float(rng.random())
-        W = distance_weights(P, alpha)
-        if cfg.edge is not None:
-            lo, hi = cfg.edge
-            width = drawn["edge"] = lo + (hi - lo) * float(rng.random())
-            W *= edge_fade(P, width)
-        return self_mix(C_s, C_t, P, W), drawn
-
-    def _anchored_lesion(
-        self,
-        image: np.ndarray,
-        mask: np.ndarray,
-        source: np.ndarray,
-        rng: np.random.Generator,
-        fov: np.ndarray | None,
-        source_fov: np.ndarray | None,
-    ) -> tuple[dict, int]:
-        """Fallback when no lesion met the FOV: a minimum-size lesion on a random FOV pixel."""
-        inside = np.flatnonzero(fov) if fov is not None else np.arange(mask.size)
-        if inside.size == 0:
-            raise ImageError("fov: the target's field of view is empty; no lesion can be placed")
-        anchor = divmod(int(inside[int(rng.integers(inside.size))]), mask.shape[1])
-        made = self._lesion(image, mask, source, rng, fov, source_fov, anchor=anchor)
-        assert made is not None  # P keeps the anchor pixel, which lies in the FOV
-        return made
-
-    def _crop_size(
-        self, rng: np.random.Generator, side: int, limit: tuple[int, int]
-    ) -> tuple[int, int]:
-        """(h, w): side log-uniform in ``crop_size`` * ``side``, aspect h/w log-uniform,
-        at least MIN_CROP_PX and at most ``limit``."""
-        lo, hi = self.config.crop_size
-        s = side * lo * math.pow(hi / lo, float(rng.random()))
-        a_lo, a_hi = self.config.aspect
-        root = math.sqrt(a_lo * math.pow(a_hi / a_lo, float(rng.random())))
-        h = min(max(round(s * root), MIN_CROP_PX), limit[0])
-        w = min(max(round(s / root), MIN_CROP_PX), limit[1])
-        return h, w
+        source_fov = check_inputs(target, source, fov, source_fov, cfg.source)
+        lesions = draw_lesions(rng, cfg, target.shape[:2], source.shape[:2], fov, source_fov)
+        return paint_lesions(target, source, lesions, cfg)
