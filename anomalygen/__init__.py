@@ -25,6 +25,8 @@ _LAZY = {
     "GeneratorConfig": "anomalygen.generator",
     "SyntheticSample": "anomalygen.generator",
     "sample_rng": "anomalygen.generator",
+    "replay": "anomalygen.rebuild",
+    "replay_sample": "anomalygen.rebuild",
     "LesionSynthesizer": "anomalygen.synthesizer",
     "find_sources": "anomalygen.sources",
     "SourceList": "anomalygen.sources",
@@ -55,6 +57,8 @@ __all__ = [
     "open_store",
     "prepare_fundus",
     "read_image",
+    "replay",
+    "replay_sample",
     "sample_rng",
 ]
 
@@ -69,6 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
         read_image,
     )
     from anomalygen.generator import AnomalyGenerator, GeneratorConfig, SyntheticSample, sample_rng
+    from anomalygen.rebuild import replay, replay_sample
     from anomalygen.sources import SourceList, find_sources
     from anomalygen.store import SampleStore, open_store
     from anomalygen.synthesizer import LesionSynthesizer

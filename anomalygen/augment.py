@@ -14,7 +14,7 @@ functional layer::
 ``img`` is (H, W, 3) uint8 RGB and is never modified; ``params`` is the op's frozen dataclass of
 ranges; ``values`` are JSON-compatible. A sample's metadata records them (``{"op": name,
 **values}``), so that :func:`apply_ops` replays a lesion's look from its metadata alone
-(:mod:`anomalygen.replay`). Everything is 8-bit OpenCV work (``cv2.LUT``, ``cv2.cvtColor``, an
+(:mod:`anomalygen.rebuild`). Everything is 8-bit OpenCV work (``cv2.LUT``, ``cv2.cvtColor``, an
 exact ``cv2.filter2D``); there is no per-pixel Python. Transcendental functions (gamma's power)
 are only evaluated on 256-entry tables in float64, so platforms agree on every output byte
 except where a value lands within one ulp of a rounding tie.

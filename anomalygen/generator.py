@@ -177,7 +177,7 @@ class SyntheticSample:
 class Lesion:
     """Everything drawn for one lesion: with the target and source pixels, all that
     :func:`paint_lesion` needs. :meth:`meta` is its record in a sample's metadata, which holds
-    every field but P (thousands of Perlin gradients; :mod:`anomalygen.replay` draws P again)."""
+    every field but P (thousands of Perlin gradients; :mod:`anomalygen.rebuild` draws P again)."""
 
     target_box: tuple[int, int, int, int]  # C_t in the target: y0, x0, y1, x1 (end-exclusive)
     source_box: tuple[int, int, int, int]  # C_s in the source (tiled texture in texture mode)
