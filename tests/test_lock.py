@@ -15,11 +15,15 @@ import pytest
 from anomalygen.errors import StoreError
 from anomalygen.render.lock import FileLock, Lock, ObjectLock, lock_for
 from anomalygen.store.location import StoreLocation, location
+from tests.contracts import implementations, qualname
 
 
 class LockContract:
-    """What the coordinator relies on. Subclasses give ``make_lock``: a factory of locks on one
-    store (each call a new lock object, as a second render would make)."""
+    """What the coordinator relies on. Subclasses name the ``implementation`` they test and give
+    ``make_lock``: a factory of locks on one store (each call a new lock object, as a second
+    render would make)."""
+
+    implementation: type
 
     @pytest.fixture()
     def make_lock(self, tmp_path: Path) -> Callable[[], Lock]:
@@ -65,6 +69,8 @@ class LockContract:
 
 
 class TestFileLock(LockContract):
+    implementation = FileLock
+
     @pytest.fixture()
     def make_lock(self, tmp_path: Path) -> Callable[[], Lock]:
         path = tmp_path / "s.zarr"
@@ -78,6 +84,8 @@ class TestFileLock(LockContract):
 
 
 class TestObjectLockInMemory(LockContract):
+    implementation = ObjectLock
+
     @pytest.fixture()
     def make_lock(self) -> Callable[[], Lock]:
         loc = location(f"memory://anomalygen-lock-test/{uuid.uuid4().hex}/s.zarr")
@@ -87,9 +95,19 @@ class TestObjectLockInMemory(LockContract):
 class TestObjectLockOnAFolder(LockContract):
     """An object lock works on any storage the Store API reaches, a shared folder too."""
 
+    implementation = ObjectLock
+
     @pytest.fixture()
     def make_lock(self, tmp_path: Path) -> Callable[[], Lock]:
         return lambda: ObjectLock(location(tmp_path / "s.zarr"), heartbeat=0.05)
+
+
+def test_every_lock_passes_the_contract() -> None:
+    """Each class in anomalygen with a Lock's methods has a LockContract suite here."""
+    tested = {qualname(suite.implementation) for suite in LockContract.__subclasses__()}
+    found = implementations(Lock)
+    assert {qualname(FileLock), qualname(ObjectLock)} <= found
+    assert found == tested, f"locks without a contract suite: {sorted(found - tested)}"
 
 
 def test_lock_for_picks_by_address(tmp_path: Path) -> None:

@@ -12,8 +12,10 @@ import pytest
 from anomalygen import store as st
 from anomalygen.errors import ConfigError
 from anomalygen.render import render
+from anomalygen.render.dask import DaskRunner
 from anomalygen.render.runners import InlineRunner, ProcessPoolRunner, Runner, TaskFailed
 from anomalygen.render.tasks import RenderShard, SampleSpec, TaskReport, WorkerState
+from tests.contracts import implementations, qualname
 from tests.synthetic import write_sources
 
 N, SIZE, SHARD = 16, 48, 4
@@ -53,7 +55,10 @@ def shard_tasks(loc: st.StoreLocation) -> list[RenderShard]:
 
 
 class RunnerContract:
-    """What the coordinator relies on. Subclasses give ``make_runner(loc) -> Runner``."""
+    """What the coordinator relies on. Subclasses name the ``implementation`` they test and give
+    ``make_runner(loc) -> Runner``."""
+
+    implementation: type
 
     @pytest.fixture()
     def make_runner(self) -> Callable[[st.StoreLocation], Runner]:
@@ -105,6 +110,8 @@ class RunnerContract:
 
 
 class TestInlineRunner(RunnerContract):
+    implementation = InlineRunner
+
     @pytest.fixture()
     def make_runner(self) -> Callable[[st.StoreLocation], Runner]:
         return lambda loc: InlineRunner(loc, 1 << 24)
@@ -120,6 +127,8 @@ class TestInlineRunner(RunnerContract):
 
 
 class TestProcessPoolRunner(RunnerContract):
+    implementation = ProcessPoolRunner
+
     @pytest.fixture()
     def make_runner(self) -> Callable[[st.StoreLocation], Runner]:
         return lambda loc: ProcessPoolRunner(loc, 2, 1 << 24)
@@ -143,10 +152,10 @@ def dask_cluster():
 
 
 class TestDaskRunner(RunnerContract):
+    implementation = DaskRunner
+
     @pytest.fixture()
     def make_runner(self, dask_cluster) -> Callable[[st.StoreLocation], Runner]:
-        from anomalygen.render.dask import DaskRunner
-
         def make(loc: st.StoreLocation) -> Runner:
             store_id = st.read_attrs(loc)["store_id"]
             address = dask_cluster.scheduler_address
@@ -157,3 +166,11 @@ class TestDaskRunner(RunnerContract):
     def test_the_runner_says_how_many_tasks_run_at_once(self, runner) -> None:  # type: ignore[override]
         assert runner.workers == 2  # worker threads
         assert runner.cluster.startswith("tcp://")
+
+
+def test_every_runner_passes_the_contract() -> None:
+    """Each class in anomalygen with a Runner's methods has a RunnerContract suite here."""
+    tested = {qualname(suite.implementation) for suite in RunnerContract.__subclasses__()}
+    found = implementations(Runner)
+    assert {qualname(c) for c in (InlineRunner, ProcessPoolRunner, DaskRunner)} <= found
+    assert found == tested, f"runners without a contract suite: {sorted(found - tested)}"
