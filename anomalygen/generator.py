@@ -169,7 +169,9 @@ class SyntheticSample:
     # The boxes are the crops C_t (in the target) and C_s (in the source), end-exclusive; the
     # lesion lies inside them. "area" is the lesion's pixel count (lesions may overlap; the
     # sample's "area" counts M_G). In texture mode source_box is in the texture tiled with
-    # np.tile, so it can run past a texture smaller than the crop. "ops" are in applied order.
+    # np.tile, so it can run past a texture smaller than the crop. "ops" are in applied order,
+    # with every value they apply. A lesion also has "tone", "alpha" and "edge" where they were
+    # drawn (Lesion.meta): everything drawn but P, which anomalygen.rebuild draws again.
     meta: dict
 
 
