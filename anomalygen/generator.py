@@ -21,6 +21,10 @@ lesion region's own range, which makes somewhat stronger lesions.
 All randomness comes from the ``numpy.random.Generator`` passed in; :func:`sample_rng` is THE
 definition of the generator for sample ``index`` of a render seeded with ``seed``, so a sample
 depends on (seed, index) alone, whatever the number of workers, and is byte-identical run to run.
+No draw depends on a pixel, so a sample is drawn whole first (:func:`draw_lesions`: a
+:class:`Lesion` per lesion, from the image shapes and FOVs) and then painted
+(:func:`paint_lesions`, pure); its metadata records every drawn value but the masks P, which is
+how :mod:`anomalygen.rebuild` replays a sample from its metadata.
 """
 
 from __future__ import annotations
