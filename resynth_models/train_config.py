@@ -17,6 +17,7 @@ from resynth_models.devices import check_device_name
 from resynth_models.networks import PRESETS, NetworkConfig
 from resynth_models.photometric import NO_PHOTOMETRIC, PhotometricConfig
 from resynth_models.schedule import parse_duration
+from resynth_models.train_options import PRESET_NAMES, TRAIN_OPTIONS
 
 __all__ = [
     "AMPS",
@@ -111,53 +112,18 @@ class TrainConfig:
             raise ConfigError(f"--log-interval: must be at least 1, got {self.log_interval}")
 
 
-#: Training defaults per network preset (the network shapes are ``networks.PRESETS``).
-#:
-#: "default" and "paper": the paper's schedule (4.1), for a GPU at 768x768.
-#:
-#: "small": a 2-core CPU at 256x256 within 40 minutes for both stages (ours, measured with
-#: benchmarks/bench_detect.py on the idle 2-core dev machine; README "What the CPU preset
-#: learns"). Batches of 4: on this CPU a step of 4 costs 114 ms a sample against 230-260 ms in
-#: steps of 8 (cache), and short runs gain from more updates. Stage 1 sees 2,800 samples (its
-#: L2 has levelled off: 0.0042 at 700 steps of 4), stage 2 4,000: real-lesion AUPR on
-#: idrid-512 was 0.236, 0.253 and 0.224 after 500, 1,000 and 2,500 stage-2 steps (the
-#: synthetic validation AUPR kept rising: 0.31, 0.42, 0.55; longer runs learn our lesions'
-#: particulars, not lesions). Learning rate 1e-3 from 60-step runs per
-#: stage (5% warm-up, cosine to lr/5): stage-2 validation pixel AUPR (AUROC) after 60 steps
-#: 0.23 (0.94) at the paper's 5e-5, 0.62 (0.98) at 1e-3, 0.32 (0.93) at 3e-3; the paper's 5e-5
-#: suits its long GPU runs, not a few thousand steps.
+#: Training defaults per network preset (the network shapes are ``networks.PRESETS``): the
+#: fields each preset sets, where they differ from TrainConfig's defaults (which are the
+#: "default" and "paper" presets'). Read off the option table, where each value is given and
+#: measured (:data:`resynth_models.train_options.TRAIN_OPTIONS`).
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "paper": {},
-    "small": {
-        "batch_size": 4,
-        "epochs": None,
-        "stage1_steps": 700,
-        "steps": 1000,
-        "lr": 1e-3,
-        "min_lr": 2e-4,
-        "warmup": "5%",
-        "workers": 1,
-        "val_samples": 64,
-        "val_interval": 500,
-        "log_interval": 10,
-        "ckpt_interval": 100,
-    },
+    name: {o.field: o.presets[name] for o in TRAIN_OPTIONS if name in o.presets}
+    for name in PRESET_NAMES
 }
 
 #: Fields that may differ between invocations on one run folder (they do not change what is
 #: learned, or they are the stage to run); any other difference needs a new folder or --overwrite.
-OPERATIONAL_FIELDS = (
-    "stage",
-    "device",
-    "amp",
-    "workers",
-    "compile",
-    "log_interval",
-    "ckpt_interval",
-    "val_interval",
-    "val_samples",
-)
+OPERATIONAL_FIELDS = tuple(o.field for o in TRAIN_OPTIONS if o.operational)
 
 
 def make_configs(

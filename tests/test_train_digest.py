@@ -52,14 +52,22 @@ def run_digest(run: Path) -> str:
     return digest.hexdigest()
 
 
-def test_a_short_cpu_run_gives_the_recorded_numbers(tmp_path: Path) -> None:
-    key = (torch.__version__.split("+")[0], torch.backends.cpu.get_cpu_capability())
-    if key not in DIGESTS:
-        pytest.skip(f"no digest recorded for torch {key[0]} on {key[1]}")
+KEY = (torch.__version__.split("+")[0], torch.backends.cpu.get_cpu_capability())
+needs_digest = pytest.mark.skipif(
+    KEY not in DIGESTS, reason=f"no digest recorded for torch {KEY[0]} on {KEY[1]}"
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from anomalygen.generator import GeneratorConfig
 
     gen = GeneratorConfig(p_normal=0.25, crop_size=(0.15, 0.4))
-    store = render_tiny_store(tmp_path, 24, cut=(2,), config=gen)
+    return render_tiny_store(tmp_path_factory.mktemp("digest"), 24, cut=(2,), config=gen)
+
+
+@needs_digest
+def test_a_short_cpu_run_gives_the_recorded_numbers(store: Path, tmp_path: Path) -> None:
     network = {"rec_width": 4, "rec_depth": 3, "loc_width": 4, "loc_depth": 3}
     config, net = make_configs(
         "small", network, size=32, batch_size=2, steps=4, workers=0, lr=1e-3, min_lr=1e-4,
@@ -67,4 +75,23 @@ def test_a_short_cpu_run_gives_the_recorded_numbers(tmp_path: Path) -> None:
         val_fraction=0.34, device="cpu",
     )  # fmt: skip
     train(store, tmp_path / "run", config, net, progress=False)
-    assert run_digest(tmp_path / "run") == DIGESTS[key]
+    assert run_digest(tmp_path / "run") == DIGESTS[KEY]
+
+
+@needs_digest
+def test_the_same_run_through_the_cli(monkeypatch, capsys, store: Path, tmp_path: Path) -> None:
+    """``resynth train`` with the options of the run above: the same numbers (its options
+    reach the same config)."""
+    from anomalygen_cli.resynth_cli import main
+    from tests.synthetic import run_cli
+
+    code, _, err = run_cli(
+        main, "resynth", monkeypatch, capsys, "train", "--data", store, "--out", tmp_path / "run",
+        "--preset", "small", "--rec-width", "4", "--rec-depth", "3", "--loc-width", "4",
+        "--loc-depth", "3", "--size", "32", "--batch-size", "2", "--steps", "4", "--workers", "0",
+        "--lr", "1e-3", "--min-lr", "1e-4", "--warmup", "1", "--log-interval", "1",
+        "--ckpt-interval", "2", "--val-interval", "2", "--val-samples", "8", "--val-fraction",
+        "0.34", "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert run_digest(tmp_path / "run") == DIGESTS[KEY]
