@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from anomalygen.errors import ConfigError
+from anomalygen.errors import AnomalygenError, ConfigError
 from resynth_models.data import worker_context, worker_init
 
-__all__ = ["Dist", "StopRequest", "amp_dtype", "make_loader", "to_device"]
+__all__ = ["Dist", "StopRequest", "amp_dtype", "make_loader", "next_batch", "to_device"]
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -99,6 +99,22 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+
+def next_batch(batches: Any, stop: StopRequest, workers: int) -> dict[str, Any] | None:
+    """The next batch; None when a stop request also stopped the loader's workers."""
+    try:
+        return next(batches)
+    except Exception as err:
+        if stop.requested:
+            return None
+        if workers and "exited unexpectedly" in str(err):
+            raise AnomalygenError(
+                f"--workers {workers}: a DataLoader worker died ({err}); workers start from a "
+                "fork server, so a script that calls train() needs `if __name__ == "
+                "'__main__':`; or pass --workers 0"
+            ) from None
+        raise
 
 
 def to_device(

@@ -1,12 +1,16 @@
 """One optimiser step (:func:`train_step`: forward, loss, backward, clip, step) and the
 optimiser it steps (:func:`make_optimizer`: AdamW).
 
-Stage 1 (paper 3.1): the L2 reconstruction loss of Eq. 1 over the whole image, the black
-border outside the field of view included, as the paper writes it. Stage 2 (paper 3.2): the
-focal loss of Eq. 2 (tau = 2). AdamW: the paper's learning rates (5e-5) are Adam-sized (DRAEM,
-the paper's base, uses Adam); AdamW's decoupled weight decay keeps the decay independent of
-Adam's per-weight step sizes (Loshchilov & Hutter 2019); decay applies to convolution weights
-only, not to biases or normalisation gains (as nanoGPT does).
+Stage 1 (paper 3.1): the L2 reconstruction loss of Eq. 1 over the whole image: it includes the
+black border outside the field of view (FOV), as the paper writes it; D_r learns that border in
+a few steps, after which it only scales the loss by the FOV's share of the image (pi/4 for a
+full circle), so masking it would change only the learning rate's meaning. Stage 2 (paper
+3.2): the focal loss of Eq. 2 (tau = 2).
+
+AdamW: the paper's learning rates (5e-5) are Adam-sized (DRAEM, the paper's base, uses Adam);
+AdamW's decoupled weight decay keeps the decay independent of Adam's per-weight step sizes
+(Loshchilov & Hutter 2019); decay applies to convolution weights only, not to biases or
+normalisation gains (as nanoGPT does).
 """
 
 from __future__ import annotations

@@ -11,12 +11,6 @@ network E_l/D_l, fed with the FROZEN E_r's features at every level, learns to fi
 lesions M_G in I_G with the focal loss of Eq. 2 (tau = 2). ``rec_features`` "random" and "none"
 (Table 3) need no stage 1; "trained" and "image" take E_r (and D_r) from it.
 
-Losses over the whole image: Eq. 1 includes the black border outside the field of view (FOV),
-as the paper writes it; D_r learns that border in a few steps, after which it only scales the
-loss by the FOV's share of the image (pi/4 for a full circle), so masking it would change only the
-learning rate's meaning. Validation, in contrast, counts pixels inside the FOV only, as the
-evaluation does.
-
 Read this file top to bottom: :func:`train` opens the store, plans the run folder
 (:mod:`~resynth_models.run_folder`) and starts the processes (:mod:`~resynth_models.runtime`);
 then per stage :func:`_train_stage` builds the data, the model
@@ -33,7 +27,8 @@ per epoch, so with a pre-rendered store this keeps its 50-epoch warm-up and any 
 meaning the same amount of training as in the paper. Stage 2 cycles through the store's
 training shards as often as that needs (each pass in a new order, with new augmentations).
 
-Optimiser: AdamW, decay on convolution weights only (:mod:`~resynth_models.step`).
+Losses over the whole image, AdamW with decay on convolution weights only: see
+:mod:`~resynth_models.step`; validation counts pixels inside the FOV only, as the evaluation does.
 
 Exact resume: the order of samples and their augmentation are functions of (seed, step)
 (:mod:`resynth_models.data`), the learning rate a function of the step, and a checkpoint holds the
@@ -61,7 +56,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from anomalygen.errors import AnomalygenError, ConfigError, StoreError
+from anomalygen.errors import ConfigError, StoreError
 from resynth_models import checkpoint as ckpt
 from resynth_models.data import (
     NO_AUGMENT,
@@ -76,7 +71,14 @@ from resynth_models.devices import resolve_device
 from resynth_models.networks import PRESETS, NetworkConfig, build_model, check_input_size
 from resynth_models.run_folder import RunPlan, plan_run, resume_configs, write_run
 from resynth_models.run_log import RunLog
-from resynth_models.runtime import Dist, StopRequest, amp_dtype, make_loader, to_device
+from resynth_models.runtime import (
+    Dist,
+    StopRequest,
+    amp_dtype,
+    make_loader,
+    next_batch,
+    to_device,
+)
 from resynth_models.schedule import duration_steps, learning_rate, parse_duration
 from resynth_models.step import make_optimizer, train_step
 from resynth_models.train_config import (
@@ -85,6 +87,12 @@ from resynth_models.train_config import (
     make_configs,
     resource_notes,
     training_size,
+)
+from resynth_models.train_results import (
+    StageResult,
+    StepInfo,
+    TrainingInterrupted,
+    TrainResult,
 )
 from resynth_models.validation import describe_validation, validate
 
@@ -106,61 +114,6 @@ __all__ = [
     "train_step",
     "training_size",
 ]
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM, or ``on_step`` asking to stop): the state was saved at the last
-    completed step; ``str(err)`` says how to resume."""
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What ``on_step`` receives after every optimiser step."""
-
-    stage: int
-    step: int  # steps completed in this stage
-    total_steps: int
-    loss: float
-    model: torch.nn.Module  # the trained module (ReconstructionNet or ReSynthDetect)
-
-
-@dataclass(frozen=True)
-class StageResult:
-    stage: int
-    total_steps: int
-    start_step: int  # > 0 when resumed
-    seconds: float
-    samples_per_second: float
-    final_loss: float | None  # mean over the last log interval
-    validation: dict[str, Any] | None  # the last one (stage 2)
-    weights: str  # RUN/stage<N>.safetensors
-    skipped: str | None = None  # why nothing was trained
-
-    def summary(self) -> str:
-        if self.skipped:
-            return f"stage {self.stage}: {self.skipped}"
-        text = (
-            f"stage {self.stage}: {self.total_steps - self.start_step} steps"
-            + (f" (resumed at {self.start_step})" if self.start_step else "")
-            + f" in {self.seconds:.0f}s, {self.samples_per_second:.1f} samples/s"
-        )
-        if self.final_loss is not None:
-            text += f", loss {self.final_loss:.4g}"
-        v = self.validation or {}
-        if "val_auroc" in v:
-            text += f", validation pixel AUROC {v['val_auroc']:.3f} AUPR {v['val_aupr']:.3f}"
-        return text + f" -> {self.weights}"
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    run_dir: str
-    stages: list[StageResult]
-    notes: list[str] = field(default_factory=list)
-    rank: int = 0  # this process's under torchrun: rank 0 alone reports
-
-    def summary(self) -> str:
-        return "\n".join(s.summary() for s in self.stages) + f"\nrun folder: {self.run_dir}"
 
 
 def train(
@@ -449,7 +402,7 @@ def _loop(ctx: _Run, st: _Stage) -> None:
     with StopRequest(enabled=dist.world == 1) as stop:
         try:
             while st.step < st.total:
-                batch = _next_batch(batches, stop, config.workers)
+                batch = next_batch(batches, stop, config.workers)
                 if batch is None:  # Ctrl-C also reached the workers
                     break
                 lr = learning_rate(
@@ -492,22 +445,6 @@ def _loop(ctx: _Run, st: _Stage) -> None:
 def _every(st: _Stage, interval: int) -> bool:
     """Whether this step is one of every ``interval`` (0: only the last) or the last."""
     return st.step == st.total or (interval > 0 and st.step % interval == 0)
-
-
-def _next_batch(batches: Any, stop: StopRequest, workers: int) -> dict[str, Any] | None:
-    """The next batch; None when a stop request also stopped the loader's workers."""
-    try:
-        return next(batches)
-    except Exception as err:
-        if stop.requested:
-            return None
-        if workers and "exited unexpectedly" in str(err):
-            raise AnomalygenError(
-                f"--workers {workers}: a DataLoader worker died ({err}); workers start from a "
-                "fork server, so a script that calls train() needs `if __name__ == "
-                "'__main__':`; or pass --workers 0"
-            ) from None
-        raise
 
 
 @dataclass
