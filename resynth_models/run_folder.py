@@ -91,7 +91,7 @@ def store_identity(store: Any) -> dict[str, Any]:
 def run_record(store: Any, config: TrainConfig, network: NetworkConfig, size: int) -> dict:
     """The ``config.json`` of a run of ``config`` and ``network`` on ``store`` at ``size``."""
     import anomalygen
-    import resynth_models
+    from resynth_models import __version__
 
     return {
         "format": ckpt.RUN_FORMAT,
@@ -107,7 +107,7 @@ def run_record(store: Any, config: TrainConfig, network: NetworkConfig, size: in
             "normals": n_normals(store),
         },
         "versions": {
-            "resynth_models": resynth_models.__version__,
+            "resynth_models": __version__,
             "anomalygen": anomalygen.__version__,
             "anomalygen_store": store.attrs.get("anomalygen_version"),
             "torch": torch.__version__,
