@@ -257,10 +257,8 @@ def _train_stage(ctx: _Run, stage: int) -> StageResult:
         # The detector's own threshold: the one that maximised the balanced accuracy on the
         # final validation (evaluate and predict use it unless told otherwise).
         threshold = (st.validation or {}).get("val_best_threshold") if stage == 2 else None
-        state_dict = st.model.state_dict()
-        ckpt.save_weights(
-            weights, state_dict, stage=stage, network=ctx.network, threshold=threshold
-        )
+        ckpt.save_weights(weights, st.model.state_dict(), stage=stage, network=ctx.network,
+                          threshold=threshold)  # fmt: skip
         ctx.log.record({"stage": stage, "step": st.step, "event": "end", "weights": weights.name})
     ctx.dist.barrier()
     seconds = time.monotonic() - t0
