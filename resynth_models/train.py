@@ -58,15 +58,7 @@ from torch.utils.data import DataLoader
 
 from anomalygen.errors import ConfigError, StoreError
 from resynth_models import checkpoint as ckpt
-from resynth_models.data import (
-    NO_AUGMENT,
-    NormalsDataset,
-    StreamBatchSampler,
-    SyntheticDataset,
-    n_normals,
-    spread,
-    steps_for,
-)
+from resynth_models.data import StreamBatchSampler, n_normals, steps_for
 from resynth_models.devices import resolve_device
 from resynth_models.networks import PRESETS, NetworkConfig, build_model, check_input_size
 from resynth_models.run_folder import RunPlan, plan_run, resume_configs, write_run
@@ -80,6 +72,7 @@ from resynth_models.runtime import (
     to_device,
 )
 from resynth_models.schedule import duration_steps, learning_rate, parse_duration
+from resynth_models.stage_data import train_dataset, val_loader
 from resynth_models.step import make_optimizer, train_step
 from resynth_models.train_config import (
     TRAIN_PRESETS,
@@ -240,7 +233,9 @@ def _train_stage(ctx: _Run, stage: int) -> StageResult:
         st.train_model = DistributedDataParallel(st.model, device_ids=ids)
     if ctx.config.compile:
         st.train_model = torch.compile(st.train_model)
-    st.val_loader = _val_loader(ctx) if stage == 2 else None
+    if stage == 2:
+        st.val_loader = val_loader(ctx.store, ctx.size, ctx.config, ctx.plan.split, ctx.dist,
+                                   ctx.device)  # fmt: skip
     _announce(ctx, st)
     _loop(ctx, st)
     if st.step < st.total:
@@ -270,15 +265,8 @@ def _train_stage(ctx: _Run, stage: int) -> StageResult:
 
 def _plan_stage(ctx: _Run, stage: int) -> _Stage:
     """The stage's training data and schedule: 1 epoch = one sample per normal photograph."""
-    config, store = ctx.config, ctx.store
-    if stage == 1:
-        dataset = NormalsDataset(
-            store, ctx.size, config.augment, config.seed, photometric=config.photometric
-        )
-    else:
-        train_idx = ctx.plan.split.indices(store, "train")
-        dataset = SyntheticDataset(store, ctx.size, config.augment, config.seed, train_idx,
-                                   photometric=config.photometric)  # fmt: skip
+    config = ctx.config
+    dataset = train_dataset(ctx.store, ctx.size, config, stage, ctx.plan.split)
     global_batch = config.batch_size * ctx.dist.world
     steps_per_epoch = ctx.n_norm / global_batch
     if stage == 1 and config.stage1_steps is not None:
@@ -343,18 +331,6 @@ def _frozen_fingerprint(model: torch.nn.Module) -> list[bytes]:
     """The frozen reconstruction network's exact bytes (stage 2 must leave them unchanged)."""
     rec = model.rec_net  # type: ignore[attr-defined]
     return [t.detach().cpu().contiguous().numpy().tobytes() for t in rec.state_dict().values()]
-
-
-def _val_loader(ctx: _Run) -> DataLoader | None:
-    """Stage 2's held-out samples (this process's share), or None without held-out shards."""
-    split, store, config, dist = ctx.plan.split, ctx.store, ctx.config, ctx.dist
-    if split is None or not split.val_shards:
-        return None
-    val_idx = spread(split.indices(store, "val"), config.val_samples)
-    val_set = SyntheticDataset(store, ctx.size, NO_AUGMENT, config.seed, val_idx, with_fov=True)
-    mine = list(range(dist.rank, len(val_set), dist.world))
-    return make_loader(val_set, config.workers, ctx.device, batch_size=config.batch_size,
-                       sampler=mine)  # fmt: skip
 
 
 def _announce(ctx: _Run, st: _Stage) -> None:

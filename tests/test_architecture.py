@@ -63,6 +63,7 @@ LAYERS = {
         "run_folder",
         "run_log",
         "runtime",
+        "stage_data",
         "step",
         "validation",
         "train",
