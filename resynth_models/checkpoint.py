@@ -32,6 +32,7 @@ import os
 import random
 import uuid
 from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,7 @@ from resynth_models.devices import resolve_device
 from resynth_models.networks import (
     MAX_SIDE,
     NetworkConfig,
-    ReconstructionNet,
-    ReSynthDetect,
+    build_model,
     reconstruction_error_map,
 )
 
@@ -463,6 +463,7 @@ def load_state(
 # The detector that evaluation and prediction use
 
 
+@dataclass(eq=False)
 class Detector:
     """A trained model ready to score images.
 
@@ -477,28 +478,21 @@ class Detector:
     - :meth:`anomaly_map`: ``x`` (B, 3, H, W) float in [0, 1] -> (B, H, W) scores in [0, 1].
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        *,
-        size: int,
-        clahe: bool,
-        scoring: str,
-        network: NetworkConfig,
-        device: torch.device,
-        run_dir: Path | None = None,
-        threshold: float | None = None,
-        flip: bool = False,
-    ) -> None:
-        self.model = model.eval()
-        self.threshold = threshold
-        self.flip = flip
-        self.size = int(size)
-        self.clahe = bool(clahe)
-        self.scoring = scoring
-        self.network = network
-        self.device = device
-        self.run_dir = run_dir
+    model: torch.nn.Module
+    _: KW_ONLY
+    size: int
+    clahe: bool
+    scoring: str
+    network: NetworkConfig
+    device: torch.device
+    run_dir: Path | None = None
+    threshold: float | None = None
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        self.model = self.model.eval()
+        self.size = int(self.size)
+        self.clahe = bool(self.clahe)
 
     def __repr__(self) -> str:
         return (
@@ -598,12 +592,8 @@ def load_detector(
     tensors, metadata = load_weights(path)
     if metadata.get("stage") != str(stage):
         raise CheckpointError(f"{path}: holds stage-{metadata.get('stage')} weights")
-    model: torch.nn.Module
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: keep the caller's RNG
-        if stage == 2:
-            model = ReSynthDetect(network)
-        else:
-            model = ReconstructionNet(network.rec_width, network.rec_depth, network.norm)
+        model = build_model(network, stage)
     load_module_weights(model, tensors, str(path))
     dev = resolve_device(device)
     model = model.to(dev)

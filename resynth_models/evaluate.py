@@ -73,6 +73,7 @@ __all__ = [
     "anomaly_maps",
     "evaluate",
     "prefetch",
+    "score_in_batches",
 ]
 
 EVAL_FORMAT = {"format": "resynth-evaluation", "format_version": 1}
@@ -141,6 +142,39 @@ def prefetch(
 
 #: The threshold of a detector that has none of its own (the middle of the probability range).
 DEFAULT_THRESHOLD = 0.5
+
+
+def score_in_batches(
+    items: Iterable[Any],
+    load: Callable[[Any], Any],
+    score: Callable[[list[tuple[Any, Any]]], None],
+    *,
+    batch_size: int,
+    workers: int,
+    bar: Progress,
+    report: Callable[[str], None],
+) -> list[dict[str, str]]:
+    """Load ``items`` ahead (:func:`prefetch`) and ``score`` them in batches of ``(item,
+    load(item))``, ``batch_size`` at a time, advancing ``bar``. An item that cannot be loaded is
+    reported and skipped; returns the skipped ones, ``[{"name", "reason"}]``."""
+    skipped: list[dict[str, str]] = []
+    batch: list[tuple[Any, Any]] = []
+    for item, loaded, error in prefetch(items, load, workers):
+        if error is not None:
+            reason = str(error).replace(str(item.path), "").strip(" :") or type(error).__name__
+            skipped.append({"name": item.name, "reason": reason})
+            report(f"skipped {item.name}: {reason}")
+            bar.advance(1)
+            continue
+        batch.append((item, loaded))
+        if len(batch) == batch_size:
+            score(batch)
+            bar.advance(len(batch))
+            batch = []
+    if batch:
+        score(batch)
+        bar.advance(len(batch))
+    return skipped
 
 
 def own_threshold(detector: Any) -> float:
@@ -578,44 +612,81 @@ def evaluate(
         raise AnomalygenError(f"nothing to evaluate: {eval_set.description or 'empty set'}")
     device = resolve_device(device if device is not None else detector_device(detector))
     workers = default_workers() if workers is None else workers
-    pixel = PixelMetrics(thresholds=(threshold,)) if eval_set.has_pixel_labels else None
-    types = [t for t in eval_set.lesion_types if t != OTHER_LESION]
-    by_type = {t: PixelMetrics(thresholds=(threshold,)) for t in types}
-    type_images = dict.fromkeys(types, 0)
-    gallery = _Gallery(n_overlays, eval_set.has_pixel_labels)
-    images: list[ImageResult] = []
-    skipped: list[dict[str, str]] = []
-    any_mask = False
+    scoring = _Scoring(detector, eval_set, threshold, device, amp, n_overlays)
 
-    def load(item: EvalItem) -> tuple[PreparedFundus, dict[str, np.ndarray] | None]:
-        return load_item_by_type(item, size=detector.size, clahe=detector.clahe)
+    start = time.perf_counter()
+    bar = Progress(len(eval_set), description="evaluate", unit="images", enabled=progress)
+    report = log if log is not None else bar.log
+    with bar:
+        skipped = score_in_batches(eval_set, scoring.load, scoring.score_batch,
+                                   batch_size=batch_size, workers=workers, bar=bar,
+                                   report=report)  # fmt: skip
+    seconds = time.perf_counter() - start
 
-    def update_types(prob: np.ndarray, masks: dict[str, np.ndarray], union: np.ndarray,
+    if not scoring.images:
+        raise AnomalygenError(
+            f"no image of {eval_set.description or 'the set'} could be scored: all "
+            f"{len(skipped)} were skipped (first: {skipped[0]['name']}: {skipped[0]['reason']})"
+        )
+    result = _evaluation_result(scoring, eval_set, skipped, checkpoint, seconds)
+    if out_dir is not None:
+        _write_overlays(Path(out_dir), result, scoring.gallery)
+        result.write(Path(out_dir))
+    return result
+
+
+class _Scoring:
+    """One evaluation's running totals: every image's result, the pixel metrics (all lesions,
+    and per lesion type) and the candidates for the overlays."""
+
+    def __init__(
+        self,
+        detector: DetectorLike,
+        eval_set: EvalSet,
+        threshold: float,
+        device: torch.device,
+        amp: bool,
+        n_overlays: int,
+    ) -> None:
+        self.detector, self.threshold, self.device, self.amp = detector, threshold, device, amp
+        has_masks = eval_set.has_pixel_labels
+        self.pixel = PixelMetrics(thresholds=(threshold,)) if has_masks else None
+        types = [t for t in eval_set.lesion_types if t != OTHER_LESION]
+        self.by_type = {t: PixelMetrics(thresholds=(threshold,)) for t in types}
+        self.type_images = dict.fromkeys(types, 0)
+        self.gallery = _Gallery(n_overlays, has_masks)
+        self.images: list[ImageResult] = []
+        self.any_mask = False
+
+    def load(self, item: EvalItem) -> tuple[PreparedFundus, dict[str, np.ndarray] | None]:
+        return load_item_by_type(item, size=self.detector.size, clahe=self.detector.clahe)
+
+    def update_types(self, prob: np.ndarray, masks: dict[str, np.ndarray], union: np.ndarray,
                      fov: np.ndarray) -> None:  # fmt: skip
-        for t, metrics in by_type.items():
+        for t, metrics in self.by_type.items():
             mask = masks.get(t)
             if mask is None:  # this image has none of type t: its normal pixels still count
                 metrics.update(prob, union, valid=fov & (union == 0))
                 continue
-            type_images[t] += bool(mask.any())
+            self.type_images[t] += bool(mask.any())
             metrics.update(prob, mask, valid=fov & ((mask != 0) | (union == 0)))
 
-    def score_batch(batch: list[tuple[EvalItem, PreparedFundus, dict | None]]) -> None:
-        nonlocal any_mask
-        maps = anomaly_maps(detector, [p.image for _, p, _ in batch], device, amp)
-        for (item, prepared, masks), prob in zip(batch, maps, strict=True):
+    def score_batch(self, batch: list[tuple[EvalItem, tuple[PreparedFundus, dict | None]]]) -> None:
+        images = [prepared.image for _, (prepared, _) in batch]
+        maps = anomaly_maps(self.detector, images, self.device, self.amp)
+        for (item, (prepared, masks)), prob in zip(batch, maps, strict=True):
             fov = prepared.fov.astype(bool)
             prob[~fov] = 0.0  # outside the FOV does not count (and is not drawn)
             inside = prob[fov]
             lesion_pixels = aupr = mask = None
             if masks is not None:
-                any_mask = True
-                assert pixel is not None
+                self.any_mask = True
+                assert self.pixel is not None
                 mask = np.zeros(fov.shape, dtype=np.uint8)
                 for m in masks.values():
                     mask |= m
-                pixel.update(prob, mask, valid=fov)
-                update_types(prob, masks, mask, fov)
+                self.pixel.update(prob, mask, valid=fov)
+                self.update_types(prob, masks, mask, fov)
                 lesion_pixels = int(np.count_nonzero(mask[fov]))
                 aupr = _per_image_aupr(prob, mask, fov)
             result = ImageResult(
@@ -625,49 +696,34 @@ def evaluate(
                 grade=item.grade,
                 score=image_score(prob, fov),
                 max_prob=float(inside.max()),
-                area_above=float(np.count_nonzero(inside >= threshold)) / inside.size,
+                area_above=float(np.count_nonzero(inside >= self.threshold)) / inside.size,
                 lesion_pixels=lesion_pixels,
                 pixel_aupr=aupr,
             )
-            images.append(result)
-            gallery.offer(
+            self.images.append(result)
+            self.gallery.offer(
                 result,
                 lambda p=prepared, m=mask, pr=prob, r=result, f=fov: _Candidate(
                     r, p.image, pr.copy(), f, m
                 ),
             )
 
-    start = time.perf_counter()
-    bar = Progress(len(eval_set), description="evaluate", unit="images", enabled=progress)
-    report = log if log is not None else bar.log
-    with bar:
-        batch: list[tuple[EvalItem, PreparedFundus, dict | None]] = []
-        for item, loaded, error in prefetch(eval_set, load, workers):
-            if error is not None:
-                reason = str(error).replace(str(item.path), "").strip(" :") or type(error).__name__
-                skipped.append({"name": item.name, "reason": reason})
-                report(f"skipped {item.name}: {reason}")
-                bar.advance(1)
-                continue
-            batch.append((item, *loaded))
-            if len(batch) == batch_size:
-                score_batch(batch)
-                bar.advance(len(batch))
-                batch = []
-        if batch:
-            score_batch(batch)
-            bar.advance(len(batch))
-    seconds = time.perf_counter() - start
 
-    if not images:
-        raise AnomalygenError(
-            f"no image of {eval_set.description or 'the set'} could be scored: all "
-            f"{len(skipped)} were skipped (first: {skipped[0]['name']}: {skipped[0]['reason']})"
-        )
-    image_level, image_note = _image_level(images)
-    pixel_level, pixel_note = _pixel_level(pixel, eval_set, any_mask, threshold)
-    pixel_by_type, curves = _per_type(pixel_level, pixel, by_type, type_images, threshold)
-    result = EvaluationResult(
+def _evaluation_result(
+    scoring: _Scoring,
+    eval_set: EvalSet,
+    skipped: list[dict[str, str]],
+    checkpoint: str | None,
+    seconds: float,
+) -> EvaluationResult:
+    """The metrics of a finished scoring."""
+    detector, threshold = scoring.detector, scoring.threshold
+    image_level, image_note = _image_level(scoring.images)
+    pixel_level, pixel_note = _pixel_level(scoring.pixel, eval_set, scoring.any_mask, threshold)
+    pixel_by_type, curves = _per_type(
+        pixel_level, scoring.pixel, scoring.by_type, scoring.type_images, threshold
+    )
+    return EvaluationResult(
         dataset={
             "kind": eval_set.kind,
             "root": str(eval_set.root),
@@ -685,7 +741,7 @@ def evaluate(
             "clahe": detector.clahe,
         },
         threshold=threshold,
-        images=images,
+        images=scoring.images,
         skipped=skipped,
         image_level=image_level,
         image_level_note=image_note,
@@ -694,24 +750,24 @@ def evaluate(
         pixel_by_type=pixel_by_type,
         curves=curves,
         seconds=seconds,
-        device=str(device),
+        device=str(scoring.device),
     )
-    if out_dir is not None:
-        out = Path(out_dir)
-        (out / "overlays").mkdir(parents=True, exist_ok=True)
-        for stale in (out / "overlays").glob("*.png"):  # from an earlier run into this folder
-            if re.match(r"(best|worst|missed|false-alarm)_\d+_", stale.name):
-                stale.unlink()
-        for slot, rank, cand in gallery.selection():
-            picture, text = _render_candidate(slot, cand, threshold)
-            rel = f"overlays/{slot}_{rank:02d}_{_safe_name(cand.result.name)}.png"
-            if not cv2.imwrite(str(out / rel), np.ascontiguousarray(picture[..., ::-1])):
-                raise AnomalygenError(f"cannot write {out / rel}")
-            result.overlays.append(
-                {"file": rel, "kind": slot, "name": cand.result.name, "caption": text}
-            )
-        result.write(out)
-    return result
+
+
+def _write_overlays(out: Path, result: EvaluationResult, gallery: _Gallery) -> None:
+    """``out/overlays/``: the gallery's pictures (those of an earlier run into ``out`` go)."""
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "overlays").glob("*.png"):  # from an earlier run into this folder
+        if re.match(r"(best|worst|missed|false-alarm)_\d+_", stale.name):
+            stale.unlink()
+    for slot, rank, cand in gallery.selection():
+        picture, text = _render_candidate(slot, cand, result.threshold)
+        rel = f"overlays/{slot}_{rank:02d}_{_safe_name(cand.result.name)}.png"
+        if not cv2.imwrite(str(out / rel), np.ascontiguousarray(picture[..., ::-1])):
+            raise AnomalygenError(f"cannot write {out / rel}")
+        result.overlays.append(
+            {"file": rel, "kind": slot, "name": cand.result.name, "caption": text}
+        )
 
 
 def _per_type(

@@ -418,12 +418,19 @@ class ReSynthDetect(nn.Module):
         return torch.sigmoid(self(x).float())[:, 0]
 
 
-def build_model(config: NetworkConfig | str = "default") -> ReSynthDetect:
-    """A detector from a config or a preset name (see :data:`PRESETS`)."""
+def build_model(config: NetworkConfig | str = "default", stage: int = 2) -> nn.Module:
+    """The network that stage ``stage`` trains, from a config or a preset name (see
+    :data:`PRESETS`): stage 1 the :class:`ReconstructionNet` (E_r, D_r), stage 2 the detector
+    :class:`ReSynthDetect`. Its weights are torch's random init (seed torch first for a given
+    one); training, checkpoint loading and the benchmarks build every model here."""
     if isinstance(config, str):
         if config not in PRESETS:
             raise ConfigError(f"unknown network preset {config!r}: choose {', '.join(PRESETS)}")
         config = PRESETS[config]
+    if stage == 1:
+        return ReconstructionNet(config.rec_width, config.rec_depth, config.norm)
+    if stage != 2:
+        raise ConfigError(f"stage: must be 1 or 2, got {stage!r}")
     return ReSynthDetect(config)
 
 

@@ -50,7 +50,7 @@ from resynth_models.evaluate import (
     anomaly_maps,
     default_workers,
     own_threshold,
-    prefetch,
+    score_in_batches,
 )
 from resynth_models.metrics import image_score
 
@@ -232,39 +232,63 @@ def predict(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     workers = default_workers() if workers is None else workers
-    rows: list[Prediction] = []
-    skipped: list[dict[str, str]] = []
-    pending: list[Future] = []
 
-    def load(item: InputImage) -> Loaded:
-        rgb = read_image(item.path)
-        prepared = prepare_fundus(rgb, detector.size, detector.clahe, name=str(item.path))
-        return Loaded(prepared, rgb if frame == "original" else None)
+    start = time.perf_counter()
+    bar = Progress(len(images), description="predict", unit="images", enabled=progress)
+    report = log if log is not None else bar.log
+    with bar, ThreadPoolExecutor(max_workers=2, thread_name_prefix="resynth-write") as writer:
+        scoring = _Scoring(detector, out, threshold, device, amp, frame, save_maps, writer)
+        skipped = score_in_batches(images, scoring.load, scoring.score_batch,
+                                   batch_size=batch_size, workers=workers, bar=bar,
+                                   report=report)  # fmt: skip
+        for future in scoring.pending:
+            future.result()
+    seconds = time.perf_counter() - start
 
-    def write(path: Path, picture: np.ndarray) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(path), picture):
-            raise AnomalygenError(f"cannot write {path}")
+    rows = scoring.rows
+    csv_path = _write_tables(out, rows, skipped)
+    if not rows:
+        raise AnomalygenError(
+            f"no photograph could be scored: all {len(skipped)} were skipped "
+            f"(first: {skipped[0]['name']}: {skipped[0]['reason']}); see {out / 'skipped.csv'}"
+        )
+    files = [out / r.overlay for r in rows] + [out / r.map for r in rows if r.map] + [csv_path]
+    return PredictionResult(rows, skipped, out, threshold, seconds, str(device), files)
 
-    def draw_and_write(
-        loaded: Loaded, prob: np.ndarray, row: Prediction, writer: ThreadPoolExecutor
+
+class _Scoring:
+    """One prediction's rows, and its pictures on their way to the files (PNG encoding runs in
+    ``writer``'s threads, at most :data:`MAX_PENDING_WRITES` behind)."""
+
+    def __init__(
+        self,
+        detector: DetectorLike,
+        out: Path,
+        threshold: float,
+        device: torch.device,
+        amp: bool,
+        frame: str,
+        save_maps: bool,
+        writer: ThreadPoolExecutor,
     ) -> None:
-        image, fov, prob = in_frame(loaded, prob)
-        panel = prediction_panel(image, fov, prob, row, threshold)
-        pending.append(writer.submit(write, out / row.overlay, panel[..., ::-1].copy()))
-        if row.map is not None:
-            levels = np.rint(prob * 65535.0).astype(np.uint16)
-            pending.append(writer.submit(write, out / row.map, levels))
-        while len(pending) > MAX_PENDING_WRITES:
-            pending.pop(0).result()
+        self.detector, self.out, self.threshold, self.device = detector, out, threshold, device
+        self.amp, self.frame, self.save_maps, self.writer = amp, frame, save_maps, writer
+        self.rows: list[Prediction] = []
+        self.pending: list[Future] = []
 
-    def score_batch(batch: list[tuple[InputImage, Loaded]], writer: ThreadPoolExecutor) -> None:
-        maps = anomaly_maps(detector, [p.prepared.image for _, p in batch], device, amp)
+    def load(self, item: InputImage) -> Loaded:
+        rgb = read_image(item.path)
+        prepared = prepare_fundus(rgb, self.detector.size, self.detector.clahe, name=str(item.path))
+        return Loaded(prepared, rgb if self.frame == "original" else None)
+
+    def score_batch(self, batch: list[tuple[InputImage, Loaded]]) -> None:
+        maps = anomaly_maps(self.detector, [p.prepared.image for _, p in batch], self.device,
+                            self.amp)  # fmt: skip
         for (item, loaded), prob in zip(batch, maps, strict=True):
             fov = loaded.prepared.fov.astype(bool)
             prob[~fov] = 0.0
             inside = prob[fov]
-            above = int(np.count_nonzero(inside >= threshold))
+            above = int(np.count_nonzero(inside >= self.threshold))
             stem = _output_name(item.name)
             row = Prediction(
                 name=item.name,
@@ -276,35 +300,32 @@ def predict(
                 pixels_above=above,
                 fov_pixels=int(inside.size),
                 overlay=f"overlays/{stem}.png",
-                map=f"maps/{stem}.png" if save_maps else None,
+                map=f"maps/{stem}.png" if self.save_maps else None,
             )
-            rows.append(row)
-            draw_and_write(loaded, prob, row, writer)
+            self.rows.append(row)
+            self.draw_and_write(loaded, prob, row)
 
-    start = time.perf_counter()
-    bar = Progress(len(images), description="predict", unit="images", enabled=progress)
-    report = log if log is not None else bar.log
-    with bar, ThreadPoolExecutor(max_workers=2, thread_name_prefix="resynth-write") as writer:
-        batch: list[tuple[InputImage, Loaded]] = []
-        for item, loaded, error in prefetch(images, load, workers):
-            if error is not None:
-                reason = str(error).replace(str(item.path), "").strip(" :") or type(error).__name__
-                skipped.append({"name": item.name, "reason": reason})
-                report(f"skipped {item.name}: {reason}")
-                bar.advance(1)
-                continue
-            batch.append((item, loaded))
-            if len(batch) == batch_size:
-                score_batch(batch, writer)
-                bar.advance(len(batch))
-                batch = []
-        if batch:
-            score_batch(batch, writer)
-            bar.advance(len(batch))
-        for future in pending:
-            future.result()
-    seconds = time.perf_counter() - start
+    def draw_and_write(self, loaded: Loaded, prob: np.ndarray, row: Prediction) -> None:
+        image, fov, prob = in_frame(loaded, prob)
+        panel = prediction_panel(image, fov, prob, row, self.threshold)
+        self.pending.append(
+            self.writer.submit(_write, self.out / row.overlay, panel[..., ::-1].copy())
+        )
+        if row.map is not None:
+            levels = np.rint(prob * 65535.0).astype(np.uint16)
+            self.pending.append(self.writer.submit(_write, self.out / row.map, levels))
+        while len(self.pending) > MAX_PENDING_WRITES:
+            self.pending.pop(0).result()
 
+
+def _write(path: Path, picture: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), picture):
+        raise AnomalygenError(f"cannot write {path}")
+
+
+def _write_tables(out: Path, rows: list[Prediction], skipped: list[dict[str, str]]) -> Path:
+    """``scores.csv`` (one row per photograph; returned) and, if any, ``skipped.csv``."""
     csv_path = out / "scores.csv"
     with csv_path.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -320,10 +341,4 @@ def predict(
             w = csv.writer(fh)
             w.writerow(("file", "reason"))
             w.writerows((s["name"], s["reason"]) for s in skipped)
-    if not rows:
-        raise AnomalygenError(
-            f"no photograph could be scored: all {len(skipped)} were skipped "
-            f"(first: {skipped[0]['name']}: {skipped[0]['reason']}); see {out / 'skipped.csv'}"
-        )
-    files = [out / r.overlay for r in rows] + [out / r.map for r in rows if r.map] + [csv_path]
-    return PredictionResult(rows, skipped, out, threshold, seconds, str(device), files)
+    return csv_path
