@@ -45,7 +45,7 @@ anomalygen render --src "$OUT/train-normals.txt" --n "$N" --size "$SIZE" \
   --out "$OUT/synth.zarr" --seed 0
 
 # 2. Both stages (paper 3.1, 3.2) with the CPU preset (depth 4, width 16, local contrast,
-#    stage 1 700 steps of 4, stage 2 2,500 steps of 4).
+#    stage 1 700 steps of 4, stage 2 1,000 steps of 4).
 resynth train --data "$OUT/synth.zarr" --out "$OUT/run" --preset small --device cpu \
   --resume "${STEPS_ARGS[@]}"
 
