@@ -87,6 +87,7 @@ def _case_floor(args: dict) -> dict:
 
     from anomalygen import store as st
     from anomalygen.render.threads import limit_zarr_threads
+    from anomalygen.store.text import decode_texts, meta_bytes
 
     limit_zarr_threads(1)  # as in a render worker: one codec thread
     source = st.open_store(args["src_store"])
@@ -97,7 +98,11 @@ def _case_floor(args: dict) -> dict:
     shutil.rmtree(args["out"], ignore_errors=True)
     Path(args["out"]).mkdir(parents=True)
     attrs = {**source.attrs, "codec": codec, "shard_size": shard_size}
-    st.create_store(loc, attrs, n=n, size=source.size, shard_size=shard_size, codec=codec, pools={})
+    width = meta_bytes(source.config.lesions[1])
+    st.create_store(
+        loc, attrs, n=n, size=source.size, shard_size=shard_size, codec=codec, pools={},
+        meta_width=width,
+    )  # fmt: skip
     writer = st.StoreWriter(loc)
     group = source.arrays()
     seconds = cpu = 0.0
@@ -106,7 +111,7 @@ def _case_floor(args: dict) -> dict:
         images = np.ascontiguousarray(group["image"][lo:hi])
         masks = np.ascontiguousarray(group["mask"][lo:hi])
         targets, sources = group["target"][lo:hi], group["source"][lo:hi]
-        metas = [json.loads(str(m)) for m in group["meta"][lo:hi]]
+        metas = [json.loads(t) for t in decode_texts(group["meta"][lo:hi])]
         t0, c0 = time.perf_counter(), time.process_time()
         writer.write_samples(s, lo, images, masks, targets, sources, metas)
         seconds += time.perf_counter() - t0

@@ -32,6 +32,7 @@ LAYERS = {
     "anomalygen.store": [
         "options",
         "format",
+        "text",
         "schema",
         "digests",
         "location",

@@ -53,6 +53,7 @@ from anomalygen.store.format import (
     RenderSpec,
 )
 from anomalygen.store.location import StoreLocation, location
+from anomalygen.store.text import decode_texts
 from anomalygen.store.writer import StoreWriter, initial_attrs, now, open_or_create
 
 __all__ = [
@@ -486,7 +487,11 @@ def _collect_pools(plan: Plan, writer: StoreWriter, tally: Tally) -> None:
 
     update: dict[str, Any] = {}
     for pool, listing in plan.spec.pools.items():
-        infos = [json.loads(str(t)) for t in writer.array(f"{pool}_info")[:]]
+        records = writer.array(f"{pool}_info")
+        texts = []  # a pool shard at a time: format-3 records take 64 KB a row
+        for lo in range(0, records.shape[0], POOL_SHARD_SIZE):
+            texts.extend(decode_texts(records[lo : lo + POOL_SHARD_SIZE]))
+        infos = [json.loads(t) for t in texts]
         key = "sources" if pool == NORMALS else "textures"
         bad = [i for i in infos if not i.get("usable")]
         tally.skipped.extend({"pool": pool, "name": i["name"], "reason": i["reason"]} for i in bad)

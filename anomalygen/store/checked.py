@@ -27,6 +27,7 @@ from anomalygen.store.digests import (
 )
 from anomalygen.store.format import DIGESTS_SINCE, shard_key
 from anomalygen.store.location import StoreLocation
+from anomalygen.store.text import decode_texts
 
 __all__ = ["CheckedArrays", "StoreArrays", "read_error", "repair_hint"]
 
@@ -51,7 +52,10 @@ class StoreArrays:
         import zarr
 
         try:
-            self.group = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
+            # Not the consolidated metadata (for other readers: xarray): each array's own
+            # zarr.json, so that a lost array is missing here, not read as fill values.
+            store = loc.zarr_store(read_only=True)
+            self.group = zarr.open_group(store=store, mode="r", use_consolidated=False)
         except Exception as err:
             if isinstance(err, StoreError):
                 raise
@@ -126,7 +130,13 @@ class CheckedArrays:
     def items(self, name: str, r: range, pool: str | None = None) -> Any:
         """Items ``r`` of array ``name``, read at once and checked."""
         unit = self.unit(pool)
-        values = self._read(unit, name, r.start, slice(r.start, r.stop))
+        if unit.columns.get(name) == "text":  # 64 KB a row: a shard at a time
+            values: Any = []
+            for start in range(r.start, r.stop, unit.shard_size):
+                stop = min(start - start % unit.shard_size + unit.shard_size, r.stop)
+                values.extend(self._read(unit, name, start, slice(start, stop)))
+        else:
+            values = self._read(unit, name, r.start, slice(r.start, r.stop))
         self._check(unit, name, r, values)
         return values
 
@@ -140,6 +150,7 @@ class CheckedArrays:
             raise
         except Exception as err:
             raise self._damaged(unit, name, first, f"cannot be read ({read_error(err)})") from None
+        values = self._decoded(unit, name, values)
         for i, value in zip(indices, values, strict=True):
             self._check(unit, name, range(int(i), int(i) + 1), [value])
         return values
@@ -155,11 +166,17 @@ class CheckedArrays:
 
     def _read(self, unit: _Unit, name: str, i: int, sel: slice) -> Any:
         try:
-            return self.arrays[name][sel]
+            values = self.arrays[name][sel]
         except StoreError:
             raise
         except Exception as err:  # a CRC32C that fails, a truncated shard index, ...
             raise self._damaged(unit, name, i, f"cannot be read ({read_error(err)})") from None
+        return self._decoded(unit, name, values)
+
+    @staticmethod
+    def _decoded(unit: _Unit, name: str, values: Any) -> Any:
+        """JSON records as texts (``anomalygen.store.text``: rows or strings), else as read."""
+        return decode_texts(values) if unit.columns.get(name) == "text" else values
 
     # --- checking -------------------------------------------------------------------------
     def _check(self, unit: _Unit, name: str, r: range, values: Sequence[Any]) -> None:

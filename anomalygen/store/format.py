@@ -1,4 +1,4 @@
-"""The store format, version 1: names, layout constants, the render's parameters. No I/O.
+"""The store format (version 3): names, layout constants, the render's parameters. No I/O.
 
 ``docs/store-format.md`` is the contract; this module is the only code that knows the store's
 array names and attributes. :class:`RenderSpec` is what a render is asked to make (the keys a
@@ -33,11 +33,13 @@ __all__ = [
     "MAX_SIZE",
     "MIN_SIZE",
     "POOL_SHARD_SIZE",
+    "TEXT_ROWS_SINCE",
     "Listing",
     "RenderSpec",
     "check_format",
     "compressors",
     "parameter_differences",
+    "record_arrays",
     "shard_key",
 ]
 
@@ -45,11 +47,16 @@ __all__ = [
 FORMAT_NAME = "anomalygen-store"
 #: The version this code writes; readers refuse any version not in ``READABLE_VERSIONS``.
 #: Version 2 adds the content digests (``digests``, ``<pool>_digests``) written with every
-#: shard; version-1 stores have none and stay readable.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: shard; version-1 stores have none and stay readable. Version 3 stores the JSON records
+#: (``meta``, ``<pool>_info``) as NUL-padded UTF-8 rows of uint8 (``anomalygen.store.text``),
+#: a core Zarr v3 data type, instead of zarr-python's ``string`` extension, and gives the
+#: digests arrays' columns their own dimension names (xarray opens the whole group).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 #: The first version whose shards carry digests.
 DIGESTS_SINCE = 2
+#: The first version whose records are uint8 rows (versions 1 and 2: zarr-python strings).
+TEXT_ROWS_SINCE = 3
 
 # Array names (see docs/store-format.md). Pools: "<pool>", "<pool>_fov" (normals only),
 # "<pool>_info" (one JSON record per slot), "<pool>_digests" (version 2) and "<pool>_done"
@@ -126,6 +133,11 @@ PARAMETER_KEYS = (
     "sources",
     "textures",
 )
+
+
+def record_arrays(pools: Sequence[str] = POOLS) -> tuple[str, ...]:
+    """The arrays of JSON records: ``meta`` and each pool's ``<pool>_info``."""
+    return (META, *(f"{pool}_info" for pool in pools))
 
 
 def shard_key(name: str, shard: int, *, ndim: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,7 @@ from anomalygen.store.format import (
     POOL_SHARD_SIZE,
     SOURCE,
     TARGET,
+    TEXT_ROWS_SINCE,
     RenderSpec,
     compressors,
     parameter_differences,
@@ -50,6 +52,7 @@ from anomalygen.store.format import (
 )
 from anomalygen.store.location import StoreLocation
 from anomalygen.store.reader import read_attrs
+from anomalygen.store.text import INFO_BYTES, encode_texts, meta_bytes
 
 __all__ = [
     "StoreWriter",
@@ -117,7 +120,7 @@ def open_or_create(
     try:
         create_store(
             loc, attrs, n=spec.n, size=spec.size, shard_size=spec.shard_size, codec=spec.codec,
-            pools=pools,
+            pools=pools, meta_width=meta_bytes(spec.generator.lesions[1]),
         )  # fmt: skip
     except OSError as err:
         raise StoreError(f"{loc}: cannot create the store ({one_line(err)})") from None
@@ -163,11 +166,13 @@ def create_store(
     shard_size: int,
     codec: str,
     pools: dict[str, int],
+    meta_width: int,
 ) -> None:
     """Create the group, its arrays (empty) and attributes ``attrs`` at ``loc``.
 
-    ``pools`` maps a pool name (``normals``, ``textures``) to its number of slots. The caller
-    holds the render lock and has emptied ``loc``.
+    ``pools`` maps a pool name (``normals``, ``textures``) to its number of slots;
+    ``meta_width`` is the width of the ``meta`` rows (``anomalygen.store.text.meta_bytes``).
+    The caller holds the render lock and has emptied ``loc``.
     """
     import zarr
 
@@ -179,7 +184,7 @@ def create_store(
     _images(group, MASK, (n, size, size), shard_size, comp, ("sample", "y", "x"))
     for name, dtype in ((TARGET, "int32"), (SOURCE, "int32"), (AREA, "int32"), (LESIONS, "uint16")):
         _per_item(group, name, n, shard_size, dtype, comp, "sample")
-    _per_item(group, META, n, shard_size, str, comp, "sample")
+    _records(group, META, (n, meta_width), shard_size, "sample")
     _digests(group, DIGESTS, n, shard_size, SAMPLE_COLUMNS, "sample")
     _flags(group, DONE, -(-n // shard_size), "shard")
     raw = compressors(POOL_CODEC)
@@ -189,11 +194,23 @@ def create_store(
         if pool == NORMALS:
             fov = (count, size, size)
             _images(group, f"{pool}_fov", fov, POOL_SHARD_SIZE, raw, (dim, "y", "x"))
-        _per_item(group, f"{pool}_info", count, POOL_SHARD_SIZE, str, comp, dim)
+        _records(group, f"{pool}_info", (count, INFO_BYTES), POOL_SHARD_SIZE, dim)
         columns = pool_columns(pool)
         _digests(group, pool_digests_name(pool), count, POOL_SHARD_SIZE, columns, dim)
         _flags(group, f"{pool}_done", -(-count // POOL_SHARD_SIZE), f"{dim}_shard")
     group.update_attributes(attrs)  # one write (attrs.update writes once per key)
+    consolidate(loc)
+
+
+def consolidate(loc: StoreLocation) -> None:
+    """Write the arrays' metadata into the group's ``zarr.json`` (consolidated metadata), so
+    that xarray and zarr open the store in one read. The arrays' metadata never change after
+    creation, and attribute updates keep it."""
+    import zarr
+
+    with warnings.catch_warnings():  # "not part of the Zarr format 3 specification" (yet)
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(loc.zarr_store(read_only=False))
 
 
 def _images(
@@ -223,8 +240,22 @@ def _per_item(
         dtype=dtype,
         chunks=(min(chunk, max(count, 1)),),
         compressors=codecs,
-        fill_value="" if dtype is str else 0,
+        fill_value=0,
         dimension_names=(dim,),
+    )
+
+
+def _records(group: Any, name: str, shape: tuple[int, int], shard: int, dim: str) -> None:
+    """A record array (``anomalygen.store.text``): one NUL-padded row of UTF-8 JSON per item,
+    one chunk per shard of items, always zstd (the padding is most of it)."""
+    group.create_array(
+        name,
+        shape=shape,
+        dtype="uint8",
+        chunks=(min(shard, max(shape[0], 1)), shape[1]),
+        compressors=compressors("zstd"),
+        fill_value=0,
+        dimension_names=(dim, f"{name}_byte"),
     )
 
 
@@ -240,7 +271,7 @@ def _digests(
         chunks=(min(chunk, max(count, 1)), len(columns)),
         compressors=compressors(POOL_CODEC),
         fill_value=MISSING,
-        dimension_names=(dim, "column"),
+        dimension_names=(dim, f"{name}_column"),  # its own: xarray wants one length a name
         attributes={"columns": list(columns), "algorithm": ALGORITHM},
     )
 
@@ -301,11 +332,16 @@ class StoreWriter:
         import zarr
 
         self.loc = loc
-        self._group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="r+")
+        store = loc.zarr_store(read_only=False)
+        # The arrays' own metadata (as readers use it); update_attrs consolidates again.
+        self._group = zarr.open_group(store=store, mode="r+", use_consolidated=False)
         self._arrays: dict[str, Any] = {}
-        # Version 1 stores (resumed by this code) have no digests arrays and get none.
+        # Version 1 stores (resumed by this code) have no digests arrays and get none;
+        # versions 1 and 2 hold their records as zarr-python strings and keep doing so.
         version = self._group.attrs.get("format_version", 1)
-        self.digests = isinstance(version, int) and version >= DIGESTS_SINCE
+        version = version if isinstance(version, int) else 1
+        self.digests = version >= DIGESTS_SINCE
+        self.text_rows = version >= TEXT_ROWS_SINCE
 
     def array(self, name: str) -> Any:
         arr = self._arrays.get(name)
@@ -361,11 +397,22 @@ class StoreWriter:
         names = (*items, digests) if self.digests else tuple(items)
         self._check_links(shard, (*names, flag))
         for name, values in items.items():
-            text = isinstance(values, list)
-            self._assign(name, shard, sel, np.asarray(values, dtype=object) if text else values)
+            if isinstance(values, list):  # JSON records
+                values = self._record_values(name, sel, values)
+            self._assign(name, shard, sel, values)
         if self.digests:
             self._assign(digests, shard, sel, item_digests(columns, items))
         self._assign(flag, shard, shard, 1)
+
+    def _record_values(self, name: str, sel: slice, texts: list[str]) -> Any:
+        """Records as the store's version holds them: uint8 rows, or strings (versions 1-2)."""
+        if not self.text_rows:
+            return np.asarray(texts, dtype=object)
+        width = self.array(name).shape[1]
+        try:
+            return encode_texts(texts, width, what=f"{name} of item")
+        except ValueError as err:
+            raise StoreError(f"{self.loc}: cannot write {name} {sel.start}+: {err}") from None
 
     def _assign(self, name: str, shard: int, sel: Any, values: Any) -> None:
         """``array(name)[sel] = values``, the whole of shard ``shard``. zarr reads a shard
@@ -391,8 +438,14 @@ class StoreWriter:
             self.loc.check_writable_key(shard_key(name, shard, ndim=ndim))
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
-        """Only the coordinator calls this (one writer of the group's ``zarr.json``)."""
+        """Only the coordinator calls this (one writer of the group's ``zarr.json``).
+
+        The attributes are written, then the consolidated metadata again (a group opened
+        without it writes ``zarr.json`` without it); a store of versions 1 and 2 had none and
+        gets none."""
         self._group = self._group.update_attributes(attrs)  # one write, not one per key
+        if self.text_rows:
+            consolidate(self.loc)
 
 
 def _dumps(obj: Any) -> str:
