@@ -37,6 +37,7 @@ from anomalygen.render.lock import lock_holder
 from anomalygen.store import digests as dg
 from anomalygen.store import format as fmt
 from anomalygen.store.checked import read_error
+from anomalygen.store.patches import box_rows, chunk_bytes, row_bytes
 from anomalygen.store.reader import NormalsView, SampleStore, open_store
 from anomalygen.store.text import INFO_BYTES, decode_texts, meta_bytes
 
@@ -220,6 +221,12 @@ class _Checker:
         if self.has_digests:
             cols = len(dg.SAMPLE_COLUMNS)
             expected[fmt.DIGESTS] = ((n, cols), "uint32", (k, cols), None)
+        if store.layout == fmt.COMPACT:
+            del expected[fmt.IMAGE], expected[fmt.MASK]
+            rows = box_rows(store.config.lesions[1])
+            expected[fmt.BOXES] = ((n, rows, 4), "int32", (k, rows, 4), None)
+            width, chunk = row_bytes(k, size), chunk_bytes(k, size)
+            expected[fmt.PATCHES] = ((store.n_shards, width), "uint8", (1, chunk), (1, width))
         ps = self.pool_shard
         for pool, count in self.pools.items():
             c = min(ps, max(count, 1))
@@ -330,7 +337,7 @@ class _Checker:
     # --- objects --------------------------------------------------------------------------
     def check_objects(self, complete: set[int]) -> None:
         """Every complete shard must have its objects: zarr reads a missing one as zeros."""
-        names = [n for n in fmt.SAMPLE_ARRAYS if self.has_digests or n != fmt.DIGESTS]
+        names = [n for n in fmt.SAMPLE_ARRAYS if n in self.expected]
         for name in names:
             present = self.store.loc.list_keys(f"{name}/c/")
             ndim = len(self.arrays[name].shape)
@@ -581,7 +588,9 @@ class _Checker:
         problem = _in_shard(report, s)
         r = self.store.shard_range(s)
         try:
-            if self.full:
+            if self.store.layout == fmt.COMPACT:  # composed from patches and normals
+                pairs = [(i, *self.store.composed(i)) for i in indices]
+            elif self.full:
                 images = arrays[fmt.IMAGE][r.start : r.stop]
                 masks = arrays[fmt.MASK][r.start : r.stop]
                 pairs = [(i, images[i - r.start], masks[i - r.start]) for i in indices]

@@ -25,7 +25,7 @@ from anomalygen.store.digests import (
     pool_columns,
     pool_digests_name,
 )
-from anomalygen.store.format import DIGESTS_SINCE, shard_key
+from anomalygen.store.format import DIGESTS_SINCE, IMAGE, MASK, PATCHES, shard_key
 from anomalygen.store.location import StoreLocation
 from anomalygen.store.text import decode_texts
 
@@ -101,11 +101,19 @@ class CheckedArrays:
     """
 
     def __init__(
-        self, arrays: StoreArrays, *, version: int, shard_size: int, pool_shard_size: int
+        self,
+        arrays: StoreArrays,
+        *,
+        version: int,
+        shard_size: int,
+        pool_shard_size: int,
+        compact: bool = False,
     ) -> None:
         self.arrays = arrays
         self.loc = arrays.loc
         self.has_digests = version >= DIGESTS_SINCE
+        #: A compact store: images and masks are composed from ``patches`` (and checked here).
+        self.compact = compact
         self._units = {"samples": _Unit(DIGESTS, SAMPLE_COLUMNS, shard_size, "sample")}
         self._pool_shard_size = pool_shard_size
         self._digests: dict[tuple[str, int], np.ndarray] = {}  # (digests array, shard) -> rows
@@ -191,10 +199,12 @@ class CheckedArrays:
                 key = self._key(unit.digests, i // unit.shard_size)
                 raise self._damaged(unit, name, i, f"has no digest (object {key} is lost)")
             if digest(value, kind) != recorded:
-                key = self._key(name, i // unit.shard_size)
+                composed = self.compact and name in (IMAGE, MASK)
+                key = self._key(PATCHES if composed else name, i // unit.shard_size)
                 state = "is missing" if not self._exists(key) else "holds other data"
-                detail = f"does not match the digest written with it (object {key} {state})"
-                raise self._damaged(unit, name, i, detail)
+                how = " composed from its patches and target normal" if composed else ""
+                detail = f"{how} does not match the digest written with it (object {key} {state})"
+                raise self._damaged(unit, name, i, detail.lstrip())
 
     def _digest_rows(self, unit: _Unit, i: int) -> np.ndarray:
         shard = i // unit.shard_size
@@ -226,6 +236,10 @@ class CheckedArrays:
             return self.loc.exists(key)
         except Exception as err:
             raise access_error(self.loc, err, f"read {key}") from None
+
+    def damaged(self, name: str, i: int, detail: str) -> StoreError:
+        """The error for sample ``i``, damaged in array ``name`` as ``detail`` says."""
+        return self._damaged(self.unit(None), name, i, detail)
 
     def _damaged(self, unit: _Unit, name: str, i: int, detail: str) -> StoreError:
         return StoreError(

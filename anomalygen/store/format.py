@@ -20,12 +20,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CODECS",
+    "COMPACT",
+    "COMPACT_SINCE",
     "DEFAULT_CODEC",
+    "DEFAULT_LAYOUT",
     "DEFAULT_SHARD_SIZE",
     "DIGESTS",
     "DIGESTS_SINCE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "FULL",
+    "LAYOUTS",
     "MAX_N",
     "MAX_POOL",
     "MAX_SEED",
@@ -38,6 +43,7 @@ __all__ = [
     "RenderSpec",
     "check_format",
     "compressors",
+    "layout_of",
     "parameter_differences",
     "record_arrays",
     "shard_key",
@@ -70,18 +76,31 @@ LESIONS = "lesions"
 META = "meta"
 DONE = "done"
 DIGESTS = "digests"
+#: The compact layout's arrays, in place of ``image`` and ``mask`` (``anomalygen.store.patches``).
+BOXES = "boxes"
+PATCHES = "patches"
 #: The arrays that hold the samples themselves (what "bytes per sample" counts; not the pools).
-SAMPLE_ARRAYS = (IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS)
+SAMPLE_ARRAYS = (IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS, BOXES, PATCHES)
 NORMALS = "normals"
 TEXTURES = "textures"
 POOLS = (NORMALS, TEXTURES)
 POOL_SUFFIXES = ("", "_fov", "_info", "_digests", "_done")
 ARRAY_NAMES = frozenset(
-    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS, DONE]
+    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS, DONE, BOXES, PATCHES]
     + [f"{pool}{suffix}" for pool in POOLS for suffix in POOL_SUFFIXES]
 )
 #: The group's metadata object (its attributes live in it).
 GROUP_METADATA = "zarr.json"
+
+#: Store layouts (``--layout``, the ``layout`` attribute; a store without one is ``full``):
+#: ``full`` stores every sample's image and mask; ``compact`` only the pixels inside its
+#: lesion boxes, composed with its target normal on read (format version 3 and later).
+FULL = "full"
+COMPACT = "compact"
+LAYOUTS = (FULL, COMPACT)
+DEFAULT_LAYOUT = FULL
+#: The first version that may be compact.
+COMPACT_SINCE = 3
 
 #: Codec names accepted by ``--codec``. Every chunk also carries a CRC32C checksum, so that
 #: ``anomalygen verify`` catches any corrupted byte (zstd alone misses many bit flips).
@@ -132,6 +151,7 @@ PARAMETER_KEYS = (
     "generator",
     "sources",
     "textures",
+    "layout",
 )
 
 
@@ -219,6 +239,7 @@ class RenderSpec:
     sources: Listing
     textures: Listing | None = None
     pool_shard_size: int = POOL_SHARD_SIZE
+    layout: str = DEFAULT_LAYOUT
 
     @property
     def n_shards(self) -> int:
@@ -243,9 +264,11 @@ class RenderSpec:
         return TEXTURES if self.generator.source == "texture" else NORMALS
 
     def to_attrs(self) -> dict[str, Any]:
-        """The parameter attributes (``PARAMETER_KEYS``, in that order)."""
+        """The parameter attributes (``PARAMETER_KEYS``, in that order; ``layout`` only for a
+        compact store, so that a full render writes the attributes it always wrote)."""
         from anomalygen.config import to_dict
 
+        layout = {"layout": self.layout} if self.layout != FULL else {}
         return {
             "n": self.n,
             "size": self.size,
@@ -257,6 +280,7 @@ class RenderSpec:
             "generator": to_dict(self.generator),
             "sources": self.sources.to_attrs(),
             "textures": self.textures.to_attrs() if self.textures is not None else None,
+            **layout,
         }
 
     @classmethod
@@ -277,9 +301,15 @@ class RenderSpec:
                 sources=Listing.from_attrs(attrs["sources"]),
                 textures=Listing.from_attrs(textures) if textures else None,
                 pool_shard_size=int(attrs.get("pool_shard_size", POOL_SHARD_SIZE)),
+                layout=layout_of(attrs),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise StoreError(f"the store's attributes are incomplete ({err})") from None
+
+
+def layout_of(attrs: Mapping[str, Any]) -> str:
+    """The layout of a store with attributes ``attrs`` (``full`` where none is recorded)."""
+    return str(attrs.get("layout", FULL))
 
 
 def parameter_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -287,6 +317,8 @@ def parameter_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> lis
     out = []
     for key in PARAMETER_KEYS:
         a, b = old.get(key), new.get(key)
+        if key == "layout":
+            a, b = layout_of(old), layout_of(new)
         if key in ("sources", "textures"):
             a, b = _file_pairs(a), _file_pairs(b)
             if a != b:

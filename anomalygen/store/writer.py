@@ -30,6 +30,8 @@ from anomalygen.store.digests import (
 )
 from anomalygen.store.format import (
     AREA,
+    BOXES,
+    COMPACT,
     DIGESTS,
     DIGESTS_SINCE,
     DONE,
@@ -40,6 +42,7 @@ from anomalygen.store.format import (
     MASK,
     META,
     NORMALS,
+    PATCHES,
     POOL_CODEC,
     POOL_SHARD_SIZE,
     SOURCE,
@@ -47,10 +50,12 @@ from anomalygen.store.format import (
     TEXT_ROWS_SINCE,
     RenderSpec,
     compressors,
+    layout_of,
     parameter_differences,
     shard_key,
 )
 from anomalygen.store.location import StoreLocation
+from anomalygen.store.patches import box_rows, chunk_bytes, encode, row_bytes, shard_row
 from anomalygen.store.reader import read_attrs
 from anomalygen.store.text import INFO_BYTES, encode_texts, meta_bytes
 
@@ -120,7 +125,7 @@ def open_or_create(
     try:
         create_store(
             loc, attrs, n=spec.n, size=spec.size, shard_size=spec.shard_size, codec=spec.codec,
-            pools=pools, meta_width=meta_bytes(spec.generator.lesions[1]),
+            pools=pools,
         )  # fmt: skip
     except OSError as err:
         raise StoreError(f"{loc}: cannot create the store ({one_line(err)})") from None
@@ -166,13 +171,12 @@ def create_store(
     shard_size: int,
     codec: str,
     pools: dict[str, int],
-    meta_width: int,
 ) -> None:
     """Create the group, its arrays (empty) and attributes ``attrs`` at ``loc``.
 
-    ``pools`` maps a pool name (``normals``, ``textures``) to its number of slots;
-    ``meta_width`` is the width of the ``meta`` rows (``anomalygen.store.text.meta_bytes``).
-    The caller holds the render lock and has emptied ``loc``.
+    ``pools`` maps a pool name (``normals``, ``textures``) to its number of slots. The layout
+    and the generator's most lesions (the width of the ``meta`` rows, the rows of ``boxes``)
+    are read from ``attrs``. The caller holds the render lock and has emptied ``loc``.
     """
     import zarr
 
@@ -180,8 +184,13 @@ def create_store(
     # (held on the folder itself).
     group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="w-")
     comp = compressors(codec)
-    _images(group, IMAGE, (n, size, size, 3), shard_size, comp, ("sample", "y", "x", "rgb"))
-    _images(group, MASK, (n, size, size), shard_size, comp, ("sample", "y", "x"))
+    max_lesions = int(attrs["generator"]["lesions"][1])
+    if layout_of(attrs) == COMPACT:
+        _compact(group, n, size, shard_size, comp, box_rows(max_lesions))
+    else:
+        _images(group, IMAGE, (n, size, size, 3), shard_size, comp, ("sample", "y", "x", "rgb"))
+        _images(group, MASK, (n, size, size), shard_size, comp, ("sample", "y", "x"))
+    meta_width = meta_bytes(max_lesions)
     for name, dtype in ((TARGET, "int32"), (SOURCE, "int32"), (AREA, "int32"), (LESIONS, "uint16")):
         _per_item(group, name, n, shard_size, dtype, comp, "sample")
     _records(group, META, (n, meta_width), shard_size, "sample")
@@ -211,6 +220,32 @@ def consolidate(loc: StoreLocation) -> None:
     with warnings.catch_warnings():  # "not part of the Zarr format 3 specification" (yet)
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(loc.zarr_store(read_only=False))
+
+
+def _compact(group: Any, n: int, size: int, shard_size: int, codecs: list, rows: int) -> None:
+    """The compact layout's ``boxes`` (a chunk per shard) and ``patches`` (a row per shard of
+    samples, in inner chunks; ``anomalygen.store.patches``)."""
+    k = min(shard_size, max(n, 1))
+    group.create_array(
+        BOXES,
+        shape=(n, rows, 4),
+        dtype="int32",
+        chunks=(k, rows, 4),
+        compressors=codecs,
+        fill_value=0,
+        dimension_names=("sample", "box", "box_corner"),
+    )
+    width, chunk = row_bytes(k, size), chunk_bytes(k, size)
+    group.create_array(
+        PATCHES,
+        shape=(-(-n // shard_size), width),
+        dtype="uint8",
+        chunks=(1, chunk),
+        shards=(1, width),
+        compressors=codecs,
+        fill_value=0,
+        dimension_names=("shard", "patch_byte"),
+    )
 
 
 def _images(
@@ -342,6 +377,7 @@ class StoreWriter:
         version = version if isinstance(version, int) else 1
         self.digests = version >= DIGESTS_SINCE
         self.text_rows = version >= TEXT_ROWS_SINCE
+        self.layout = layout_of(self._group.attrs)
 
     def array(self, name: str) -> Any:
         arr = self._arrays.get(name)
@@ -361,11 +397,39 @@ class StoreWriter:
         targets: Sequence[int],
         sources: Sequence[int],
         metas: Sequence[dict],
+        normals: Sequence[np.ndarray] | None = None,
     ) -> None:
-        """Write samples ``start .. start + len(images)`` (shard ``shard``), then its flag."""
+        """Write samples ``start .. start + len(images)`` (shard ``shard``), then its flag.
+
+        A compact store needs ``normals``, each sample's target photograph (the pixels its
+        patches are composed with); it stores the boxes and patches instead of the images."""
         sel = slice(start, start + len(images))
         items = sample_items(images, masks, targets, sources, metas)
-        self._write_shard(shard, sel, items, DIGESTS, SAMPLE_COLUMNS, DONE)
+        written = items
+        if self.layout == COMPACT:
+            if normals is None:
+                raise ValueError("a compact store's samples are written with their normals")
+            rows = self.array(BOXES).shape[1]
+            coded = [
+                encode(image, mask, normal, meta, rows)
+                for image, mask, normal, meta in zip(images, masks, normals, metas, strict=True)
+            ]
+            self._write_patches(shard, shard_row([c[1] for c in coded], self._patch_chunk()))
+            written = {k: v for k, v in items.items() if k not in (IMAGE, MASK)}
+            written[BOXES] = np.stack([c[0] for c in coded])
+        self._write_shard(shard, sel, items, written, DIGESTS, SAMPLE_COLUMNS, DONE)
+
+    def _patch_chunk(self) -> int:
+        return int(self.array(PATCHES).chunks[1])
+
+    def _write_patches(self, shard: int, row: np.ndarray) -> None:
+        """Row ``shard`` of ``patches``: as far as its patches reach, in whole inner chunks.
+        The shard object is deleted first, so that a shard written again (a retry, a repair)
+        keeps no chunk of the one it replaces beyond its own."""
+        key = shard_key(PATCHES, shard, ndim=2)
+        self.loc.check_writable_key(key)
+        self.loc.delete(key)
+        self.array(PATCHES)[shard : shard + 1, : row.shape[1]] = row
 
     def write_pool(
         self,
@@ -380,23 +444,24 @@ class StoreWriter:
         sel = slice(start, start + len(infos))
         items = pool_items(pool, images, fovs, infos)
         digests = pool_digests_name(pool)
-        self._write_shard(shard, sel, items, digests, pool_columns(pool), f"{pool}_done")
+        self._write_shard(shard, sel, items, items, digests, pool_columns(pool), f"{pool}_done")
 
     def _write_shard(
         self,
         shard: int,
         sel: slice,
         items: dict[str, Any],
+        written: dict[str, Any],
         digests: str,
         columns: dict[str, str],
         flag: str,
     ) -> None:
-        """Write one shard of every array in ``items`` (lists are JSON text); in a version-2
-        store the digests of its items; then, last, the shard's flag ``flag`` (a shard without
-        its flag is written again)."""
-        names = (*items, digests) if self.digests else tuple(items)
+        """Write one shard of every array in ``written`` (lists are JSON text); in a version-2
+        store the digests of ``items`` (the samples as a reader sees them); then, last, the
+        shard's flag ``flag`` (a shard without its flag is written again)."""
+        names = (*written, digests) if self.digests else tuple(written)
         self._check_links(shard, (*names, flag))
-        for name, values in items.items():
+        for name, values in written.items():
             if isinstance(values, list):  # JSON records
                 values = self._record_values(name, sel, values)
             self._assign(name, shard, sel, values)

@@ -1,0 +1,152 @@
+"""The compact layout's samples: boxes and the pixels inside them. No I/O.
+
+A synthetic sample equals its target photograph outside its lesions (the sample contract:
+``image == normals[target]`` wherever ``mask == 0``), and lesions cover a small part of it. A
+compact store keeps per sample only its boxes (``boxes``: (N, B, 4) int32, ``[y0, x0, y1, x1]``
+end-exclusive, unused rows zero) and the pixels inside them (``patches``): for each box in
+order, the image's pixels (h x w x 3, C order) then the mask's (h x w). The patches of one
+shard follow each other, sample by sample, in row ``s`` of the ``patches`` array (one row per
+shard), so that a shard is written once by one writer and a sample's bytes are found from its
+shard's boxes alone (:func:`offsets`).
+
+:func:`encode` takes the lesions' target boxes and checks that composing them back gives the
+sample byte for byte; where it would not (a generator that changed pixels outside its boxes,
+more lesions than rows), the sample is kept whole as one box, the full frame. So
+:func:`compose` always gives back exactly the image and mask that were rendered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BYTES_PER_PIXEL",
+    "MAX_CHUNKS",
+    "MIN_CHUNK",
+    "box_rows",
+    "chunk_bytes",
+    "compose",
+    "encode",
+    "offsets",
+    "patch_sizes",
+    "row_bytes",
+    "shard_row",
+    "used_boxes",
+]
+
+#: Bytes a patch pixel takes: three of the image, one of the mask.
+BYTES_PER_PIXEL = 4
+#: Smallest inner chunk of the ``patches`` rows (bytes): the unit a random read decodes.
+MIN_CHUNK = 1 << 17
+#: Most inner chunks in one ``patches`` row: its shard index takes 16 bytes each.
+MAX_CHUNKS = 4096
+
+
+def box_rows(max_lesions: int) -> int:
+    """Rows of ``boxes`` per sample: one per lesion the generator may draw."""
+    return max(1, int(max_lesions))
+
+
+def chunk_bytes(shard_size: int, size: int) -> int:
+    """The inner chunk of a ``patches`` row: 128 KiB, or more where a row would otherwise
+    need more than MAX_CHUNKS of them."""
+    chunk = MIN_CHUNK
+    while chunk * MAX_CHUNKS < shard_size * size * size * BYTES_PER_PIXEL:
+        chunk *= 2
+    return chunk
+
+
+def row_bytes(shard_size: int, size: int) -> int:
+    """Length of a ``patches`` row: room for every sample of a shard whole, in chunks."""
+    chunk = chunk_bytes(shard_size, size)
+    return -(-(shard_size * size * size * BYTES_PER_PIXEL) // chunk) * chunk
+
+
+def used_boxes(rows: np.ndarray) -> np.ndarray:
+    """The boxes of one sample's ``boxes`` rows: those before the first empty one."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+    empty = (rows[:, 2] <= rows[:, 0]) | (rows[:, 3] <= rows[:, 1])
+    stop = int(np.argmax(empty)) if empty.any() else len(rows)
+    return rows[:stop]
+
+
+def patch_sizes(boxes: np.ndarray) -> int:
+    """Bytes of a sample's patches with boxes ``boxes`` (k, 4)."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return int(areas.sum()) * BYTES_PER_PIXEL
+
+
+def offsets(shard_boxes: np.ndarray) -> np.ndarray:
+    """Where each sample's patches start in its shard's row: (k + 1,) int64 for the boxes
+    rows (k, B, 4) of a shard's k samples; sample j's are ``[out[j], out[j + 1])``."""
+    sizes = [patch_sizes(used_boxes(rows)) for rows in shard_boxes]
+    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
+
+def compose(
+    normal: np.ndarray, boxes: np.ndarray, payload: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, mask)``: the target photograph ``normal`` with each box's patch pasted in.
+
+    Raises ValueError where ``payload`` is shorter than the boxes say (a truncated read)."""
+    image = normal.copy()
+    mask = np.zeros(normal.shape[:2], np.uint8)
+    data = np.asarray(payload, dtype=np.uint8).ravel()
+    at = 0
+    for y0, x0, y1, x1 in np.asarray(boxes, dtype=np.int64).reshape(-1, 4):
+        h, w = int(y1 - y0), int(x1 - x0)
+        end = at + h * w * BYTES_PER_PIXEL
+        if end > len(data):
+            raise ValueError(f"patches hold {len(data)} bytes, the boxes need {end}")
+        image[y0:y1, x0:x1] = data[at : at + h * w * 3].reshape(h, w, 3)
+        mask[y0:y1, x0:x1] = data[at + h * w * 3 : end].reshape(h, w)
+        at = end
+    return image, mask
+
+
+def _pixels(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    parts: list[Any] = []
+    for y0, x0, y1, x1 in boxes:
+        parts.append(image[y0:y1, x0:x1].ravel())
+        parts.append(mask[y0:y1, x0:x1].ravel())
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+
+
+def _lesion_boxes(meta: dict[str, Any], size: int) -> np.ndarray:
+    boxes = [lesion["target_box"] for lesion in meta.get("lesions", [])]
+    out = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    return np.clip(out, 0, size)
+
+
+def encode(
+    image: np.ndarray, mask: np.ndarray, normal: np.ndarray, meta: dict[str, Any], rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(boxes (rows, 4) int32, patches uint8)`` of one sample (its target photograph
+    ``normal``, its generator ``meta``), such that ``compose`` gives it back exactly."""
+    size = image.shape[0]
+    boxes = _lesion_boxes(meta, size)
+    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    fits = len(boxes) <= rows and patch_sizes(boxes) <= size * size * BYTES_PER_PIXEL
+    payload = _pixels(image, mask, boxes) if fits else None
+    if payload is not None:
+        back = compose(normal, boxes, payload)
+        fits = np.array_equal(back[0], image) and np.array_equal(back[1], mask)
+    if not fits:  # kept whole: the full frame as one box
+        boxes = np.asarray([[0, 0, size, size]], np.int64)
+        payload = _pixels(image, mask, boxes)
+    out = np.zeros((rows, 4), np.int32)
+    out[: len(boxes)] = boxes
+    return out, payload
+
+
+def shard_row(payloads: Sequence[np.ndarray], chunk: int) -> np.ndarray:
+    """A shard's patches, sample after sample, zero-padded to whole chunks (at least one)."""
+    data = np.concatenate([np.zeros(0, np.uint8), *payloads])
+    used = max(chunk, -(-len(data) // chunk) * chunk)
+    row = np.zeros((1, used), np.uint8)
+    row[0, : len(data)] = data
+    return row
