@@ -10,6 +10,7 @@ shard, and how to repair it; so does an object that cannot be decoded (its CRC32
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,11 @@ from anomalygen.store.format import DIGESTS_SINCE, IMAGE, MASK, PATCHES, shard_k
 from anomalygen.store.location import StoreLocation
 from anomalygen.store.text import decode_texts
 
-__all__ = ["CheckedArrays", "StoreArrays", "read_error", "repair_hint"]
+__all__ = ["TEXT_SHARDS_KEPT", "CheckedArrays", "StoreArrays", "read_error", "repair_hint"]
+
+#: Shards of decoded records (``meta``, ``<pool>_info``) a reader keeps: 64 KB each at 64
+#: samples a shard of ours.
+TEXT_SHARDS_KEPT = 8
 
 
 def read_error(err: BaseException) -> str:
@@ -118,6 +123,7 @@ class CheckedArrays:
         self._pool_shard_size = pool_shard_size
         self._digests: dict[tuple[str, int], np.ndarray] = {}  # (digests array, shard) -> rows
         self._present: set[str] = set()  # version 1: objects seen to exist
+        self._texts: OrderedDict[tuple[str, int], list[str]] = OrderedDict()
 
     def unit(self, pool: str | None) -> _Unit:
         key = pool or "samples"
@@ -131,22 +137,49 @@ class CheckedArrays:
     def item(self, name: str, i: int, pool: str | None = None) -> Any:
         """Item ``i`` of array ``name`` (a sample's, or a slot's of ``pool``), checked."""
         unit = self.unit(pool)
-        value = self._read(unit, name, i, slice(i, i + 1))[0]
+        if unit.columns.get(name) == "text":
+            value = self._text_items(unit, name, range(i, i + 1))[0]
+        else:
+            value = self._read(unit, name, i, slice(i, i + 1))[0]
         self._check(unit, name, range(i, i + 1), [value])
         return value
 
     def items(self, name: str, r: range, pool: str | None = None) -> Any:
         """Items ``r`` of array ``name``, read at once and checked."""
         unit = self.unit(pool)
-        if unit.columns.get(name) == "text":  # 64 KB a row: a shard at a time
-            values: Any = []
-            for start in range(r.start, r.stop, unit.shard_size):
-                stop = min(start - start % unit.shard_size + unit.shard_size, r.stop)
-                values.extend(self._read(unit, name, start, slice(start, stop)))
+        if unit.columns.get(name) == "text":
+            values: Any = self._text_items(unit, name, r)
         else:
             values = self._read(unit, name, r.start, slice(r.start, r.stop))
         self._check(unit, name, r, values)
         return values
+
+    def _text_items(self, unit: _Unit, name: str, r: range) -> list[str]:
+        """Records ``r``, decoded a shard at a time (a record row is one chunk per shard)."""
+        out: list[str] = []
+        i, size = r.start, unit.shard_size
+        while i < r.stop:
+            shard = i // size
+            stop = min((shard + 1) * size, r.stop)
+            out.extend(self._shard_texts(unit, name, shard)[i - shard * size : stop - shard * size])
+            i = stop
+        return out
+
+    def _shard_texts(self, unit: _Unit, name: str, shard: int) -> list[str]:
+        """The records of one shard, decoded; the last TEXT_SHARDS_KEPT are kept (``meta(i)``
+        of consecutive samples would decode the same chunk of mostly padding each time)."""
+        key = (name, shard)
+        texts = self._texts.get(key)
+        if texts is not None:
+            self._texts.move_to_end(key)
+            return texts
+        start = shard * unit.shard_size
+        stop = min(start + unit.shard_size, self.arrays[name].shape[0])
+        texts = list(self._read(unit, name, start, slice(start, stop)))
+        self._texts[key] = texts
+        while len(self._texts) > TEXT_SHARDS_KEPT:
+            self._texts.popitem(last=False)
+        return texts
 
     def picked(self, name: str, indices: np.ndarray, pool: str | None = None) -> Any:
         """Items ``indices`` (any order) of array ``name``, read at once and each checked."""
