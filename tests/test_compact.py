@@ -139,6 +139,9 @@ def test_a_sample_that_changed_pixels_outside_its_boxes_is_kept_whole() -> None:
     meta = {"lesions": [{"target_box": [2, 2, 4, 4]}]}
     boxes, payload = encode(image, mask, normal, meta, rows=3)
     assert used_boxes(boxes).tolist() == [[2, 2, 4, 4]] and len(payload) == 2 * 2 * 4
+    wide = {"lesions": [{"target_box": [1, 0, 9, 6]}, {"target_box": [12, 12, 14, 14]}]}
+    boxes, payload = encode(image, mask, normal, wide, rows=3)  # shrunk to what changed
+    assert used_boxes(boxes).tolist() == [[2, 2, 4, 4]] and len(payload) == 2 * 2 * 4
     image[10, 10] ^= 1  # outside every box
     boxes, payload = encode(image, mask, normal, meta, rows=3)
     assert used_boxes(boxes).tolist() == [[0, 0, 16, 16]] and len(payload) == 16 * 16 * 4
@@ -215,3 +218,26 @@ def test_an_unknown_layout_is_refused(photographs: Path, tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="--layout: unknown layout 'tiny'"):
         _render(tmp_path / "x.zarr", photographs, "tiny", n=4)
     assert not (tmp_path / "x.zarr").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# The training data path reads a compact store as it reads a full one
+# ------------------------------------------------------------------------------------------
+
+
+def test_the_training_dataset_sees_no_difference(pair: tuple[Path, Path]) -> None:
+    torch = pytest.importorskip("torch", reason="the training extra is not installed")
+    from resynth_models.data import GeometryConfig, SyntheticDataset, worker_context
+
+    full, compact = (open_store(p) for p in pair)
+    a = SyntheticDataset(full, 32, GeometryConfig(max_rotate=20), seed=5, with_fov=True)
+    b = SyntheticDataset(compact, 32, GeometryConfig(max_rotate=20), seed=5, with_fov=True)
+    for key in [(0, 3), (1, 700), (0, 2047)]:
+        for name in ("image", "mask", "fov"):
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    keys = [[(0, k) for k in (5, 1900, 64)]]
+    loader = torch.utils.data.DataLoader(
+        b, batch_sampler=keys, num_workers=1, multiprocessing_context=worker_context()
+    )
+    (batch,) = list(loader)
+    assert torch.equal(batch["image"][1], a[(0, 1900)]["image"])

@@ -9,8 +9,9 @@ shard follow each other, sample by sample, in row ``s`` of the ``patches`` array
 shard), so that a shard is written once by one writer and a sample's bytes are found from its
 shard's boxes alone (:func:`offsets`).
 
-:func:`encode` takes the lesions' target boxes and checks that composing them back gives the
-sample byte for byte; where it would not (a generator that changed pixels outside its boxes,
+:func:`encode` takes the lesions' target boxes, shrinks each to the pixels in it that differ
+from the target photograph, and checks that composing them back gives the sample byte for
+byte; where it would not (a generator that changed pixels outside its boxes,
 more lesions than rows), the sample is kept whole as one box, the full frame. So
 :func:`compose` always gives back exactly the image and mask that were rendered.
 """
@@ -122,14 +123,31 @@ def _lesion_boxes(meta: dict[str, Any], size: int) -> np.ndarray:
     return np.clip(out, 0, size)
 
 
+def _tightened(
+    boxes: np.ndarray, image: np.ndarray, mask: np.ndarray, normal: np.ndarray
+) -> np.ndarray:
+    """Each box shrunk to the pixels in it that differ from ``normal`` or are in the mask (a
+    lesion's crop box is mostly its target's own pixels); boxes with none are dropped."""
+    out = []
+    for y0, x0, y1, x1 in boxes:
+        changed = mask[y0:y1, x0:x1] != 0
+        changed |= (image[y0:y1, x0:x1] != normal[y0:y1, x0:x1]).any(axis=-1)
+        rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        if len(rows):
+            out.append([y0 + rows[0], x0 + cols[0], y0 + rows[-1] + 1, x0 + cols[-1] + 1])
+    return np.asarray(out, dtype=np.int64).reshape(-1, 4)
+
+
 def encode(
     image: np.ndarray, mask: np.ndarray, normal: np.ndarray, meta: dict[str, Any], rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(boxes (rows, 4) int32, patches uint8)`` of one sample (its target photograph
-    ``normal``, its generator ``meta``), such that ``compose`` gives it back exactly."""
+    ``normal``, its generator ``meta``), such that ``compose`` gives it back exactly: its
+    lesions' target boxes, each shrunk to the pixels that differ from ``normal``."""
     size = image.shape[0]
     boxes = _lesion_boxes(meta, size)
     boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    boxes = _tightened(boxes, image, mask, normal)
     fits = len(boxes) <= rows and patch_sizes(boxes) <= size * size * BYTES_PER_PIXEL
     payload = _pixels(image, mask, boxes) if fits else None
     if payload is not None:
