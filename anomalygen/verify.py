@@ -225,6 +225,7 @@ class _Checker:
             del expected[fmt.IMAGE], expected[fmt.MASK]
             rows = box_rows(store.config.lesions[1])
             expected[fmt.BOXES] = ((n, rows, 4), "int32", (k, rows, 4), None)
+            expected[fmt.PATCH_BYTES] = ((n,), "int32", (k,), None)
             width, chunk = row_bytes(k, size), chunk_bytes(k, size)
             expected[fmt.PATCHES] = ((store.n_shards, width), "uint8", (1, chunk), (1, width))
         ps = self.pool_shard

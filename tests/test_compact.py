@@ -148,7 +148,7 @@ def test_a_sample_that_changed_pixels_outside_its_boxes_is_kept_whole() -> None:
     back = compose(normal, used_boxes(boxes), payload)
     np.testing.assert_array_equal(back[0], image)
     np.testing.assert_array_equal(back[1], mask)
-    assert offsets(np.stack([boxes, np.zeros_like(boxes)])).tolist() == [0, 1024, 1024]
+    assert offsets([1024, 0, 20]).tolist() == [0, 1024, 1024, 1044]
 
 
 # ------------------------------------------------------------------------------------------
@@ -161,8 +161,8 @@ def test_a_lost_patches_object_is_an_error_naming_the_sample(damaged: Path) -> N
     os.unlink(damaged / shard_key("patches", 3, ndim=2))
     with pytest.raises(StoreError) as err:
         open_store(damaged)[i]
-    message = str(err.value)
-    assert f"sample {i} (shard 3) is damaged: array 'image' composed from its patches" in message
+    message = str(err.value)  # its mask reads as zeros: too few lesion pixels for its bytes
+    assert f"sample {i} (shard 3) is damaged: array 'patches' does not hold" in message
     assert "object patches/c/3/0 is missing" in message and "--repair" in message
     with pytest.raises(StoreError, match=f"sample {i} \\(shard 3\\)"):
         open_store(damaged).read_shard(3)
@@ -186,6 +186,20 @@ def test_lost_boxes_are_an_error_not_a_normal_image(damaged: Path) -> None:
     os.unlink(damaged / shard_key("boxes", 2, ndim=3))
     with pytest.raises(StoreError, match=f"sample {i} \\(shard 2\\) is damaged"):
         open_store(damaged)[i]
+
+
+def test_a_sample_that_lost_all_its_objects_is_not_read_as_its_normal(damaged: Path) -> None:
+    """Boxes, byte counts and patches all lost: everything reads as zeros, which composes to
+    the target photograph itself; its digest says it is not the sample."""
+    i = lesioned(damaged, 6)
+    for name, ndim in (("boxes", 3), ("patch_bytes", 1), ("patches", 2)):
+        (damaged / shard_key(name, 6, ndim=ndim)).unlink()
+    with pytest.raises(StoreError) as err:
+        open_store(damaged)[i]
+    assert (
+        f"sample {i} (shard 6) is damaged: array 'image' composed from its patches and target "
+        "normal does not match the digest written with it (object patches/c/6/0 is missing)"
+    ) in str(err.value)
 
 
 def test_a_damaged_compact_store_is_repaired_byte_for_byte(

@@ -233,10 +233,9 @@ class CheckedArrays:
                 raise self._damaged(unit, name, i, f"has no digest (object {key} is lost)")
             if digest(value, kind) != recorded:
                 composed = self.compact and name in (IMAGE, MASK)
-                key = self._key(PATCHES if composed else name, i // unit.shard_size)
-                state = "is missing" if not self._exists(key) else "holds other data"
+                state = self.object_state(PATCHES if composed else name, i // unit.shard_size)
                 how = " composed from its patches and target normal" if composed else ""
-                detail = f"{how} does not match the digest written with it (object {key} {state})"
+                detail = f"{how} does not match the digest written with it ({state})"
                 raise self._damaged(unit, name, i, detail.lstrip())
 
     def _digest_rows(self, unit: _Unit, i: int) -> np.ndarray:
@@ -269,6 +268,12 @@ class CheckedArrays:
             return self.loc.exists(key)
         except Exception as err:
             raise access_error(self.loc, err, f"read {key}") from None
+
+    def object_state(self, name: str, shard: int) -> str:
+        """``"object K is missing"`` or ``"object K holds other data"``: the shard object of
+        array ``name`` that an item failed to match."""
+        key = self._key(name, shard)
+        return f"object {key} {'is missing' if not self._exists(key) else 'holds other data'}"
 
     def damaged(self, name: str, i: int, detail: str) -> StoreError:
         """The error for sample ``i``, damaged in array ``name`` as ``detail`` says."""

@@ -1,12 +1,13 @@
 """Reading a compact store's samples: each one composed from its patches and its target normal.
 
-A sample of a compact store is read as its shard's ``boxes`` and ``target`` (read once per
-shard and process, and kept: 4 bytes and 16 per box a sample), the byte range of its patches in
-its shard's ``patches`` row (a read of the chunks it spans, 128 KiB each, and the row's shard
-index), and its target photograph, from a cache bounded in bytes: consecutive samples share few
-photographs (``draw_pair`` draws 64 consecutive samples' targets from 16), so sequential reads
-mostly hit it. :mod:`anomalygen.store.patches` composes them. The callers (``SampleStore``,
-verify) check the composed image and mask against the digests written with the sample.
+A sample of a compact store is read as its shard's ``boxes``, ``patch_bytes`` and ``target``
+(read once per shard and kept, for the last :data:`SHARDS_KEPT` shards a process read), the
+byte range of its patches in its shard's ``patches`` row (a read of the chunks it spans, 128 KiB
+each, and the row's shard index), and its target photograph, from a cache bounded in bytes:
+consecutive samples share few photographs (``draw_pair`` draws 64 consecutive samples' targets
+from 16), so sequential reads mostly hit it. :mod:`anomalygen.store.patches` composes them.
+The callers (``SampleStore``, verify) check the composed image and mask against the digests
+written with the sample.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import numpy as np
 
 from anomalygen.errors import StoreError
 from anomalygen.store.checked import CheckedArrays, read_error
-from anomalygen.store.format import BOXES, PATCHES, TARGET
+from anomalygen.store.format import BOXES, PATCH_BYTES, PATCHES, TARGET
 from anomalygen.store.patches import compose, offsets, used_boxes
 
-__all__ = ["DEFAULT_CACHE_BYTES", "CompactSamples", "NormalCache"]
+__all__ = ["DEFAULT_CACHE_BYTES", "SHARDS_KEPT", "CompactSamples", "NormalCache"]
 
 #: Memory for a reader's target photographs: about 70 at 768 px (1.8 MB each), four blocks of
 #: ``draw_pair``'s 16, per process (each DataLoader worker has its own).
 DEFAULT_CACHE_BYTES = 128 << 20
+#: Shards whose boxes, targets and offsets a reader keeps: about 13 KB each (64 samples, 12
+#: boxes), so a reader's memory stays flat in N (65,536 samples' worth at 64 a shard).
+SHARDS_KEPT = 1024
 
 
 class NormalCache:
@@ -61,16 +65,21 @@ class CompactSamples:
         self.arrays = checked.arrays
         self.shard_size = shard_size
         self.normal = normal
-        self._shards: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._shards: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
     def _shard(self, s: int, r: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(targets, boxes, offsets)`` of shard ``s`` (samples ``r``), read once and kept."""
         kept = self._shards.get(s)
-        if kept is None:
-            targets = np.asarray(self.checked.items(TARGET, r))
-            boxes = self._read(BOXES, r.start, slice(r.start, r.stop))
-            kept = (targets, np.asarray(boxes), offsets(boxes))
-            self._shards[s] = kept
+        if kept is not None:
+            self._shards.move_to_end(s)
+            return kept
+        targets = np.asarray(self.checked.items(TARGET, r))
+        boxes = self._read(BOXES, r.start, slice(r.start, r.stop))
+        lengths = self._read(PATCH_BYTES, r.start, slice(r.start, r.stop))
+        kept = (targets, np.asarray(boxes), offsets(lengths))
+        self._shards[s] = kept
+        while len(self._shards) > SHARDS_KEPT:
+            self._shards.popitem(last=False)
         return kept
 
     def _read(self, name: str, i: int, sel: Any) -> Any:
@@ -86,7 +95,9 @@ class CompactSamples:
         try:
             return compose(self.normal(int(targets[j])), used_boxes(boxes[j]), row)
         except ValueError as err:  # boxes that do not fit the patches read
-            raise self.checked.damaged(PATCHES, i, f"does not hold its patches ({err})") from None
+            state = self.checked.object_state(PATCHES, i // self.shard_size)
+            detail = f"does not hold the patches its boxes say ({err}; {state})"
+            raise self.checked.damaged(PATCHES, i, detail) from None
 
     def sample(self, i: int, r: range) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` of the shard of samples ``r``: ``(image, mask)``."""

@@ -78,15 +78,19 @@ DONE = "done"
 DIGESTS = "digests"
 #: The compact layout's arrays, in place of ``image`` and ``mask`` (``anomalygen.store.patches``).
 BOXES = "boxes"
+PATCH_BYTES = "patch_bytes"
 PATCHES = "patches"
 #: The arrays that hold the samples themselves (what "bytes per sample" counts; not the pools).
-SAMPLE_ARRAYS = (IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS, BOXES, PATCHES)
+SAMPLE_ARRAYS = (
+    *(IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS),
+    *(BOXES, PATCH_BYTES, PATCHES),
+)
 NORMALS = "normals"
 TEXTURES = "textures"
 POOLS = (NORMALS, TEXTURES)
 POOL_SUFFIXES = ("", "_fov", "_info", "_digests", "_done")
 ARRAY_NAMES = frozenset(
-    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS, DONE, BOXES, PATCHES]
+    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS, DONE, BOXES, PATCH_BYTES, PATCHES]
     + [f"{pool}{suffix}" for pool in POOLS for suffix in POOL_SUFFIXES]
 )
 #: The group's metadata object (its attributes live in it).

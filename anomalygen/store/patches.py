@@ -1,19 +1,22 @@
-"""The compact layout's samples: boxes and the pixels inside them. No I/O.
+"""The compact layout's samples: boxes, masks and the lesion pixels inside them. No I/O.
 
-A synthetic sample equals its target photograph outside its lesions (the sample contract:
+A synthetic sample equals its target photograph wherever its mask is 0 (the sample contract:
 ``image == normals[target]`` wherever ``mask == 0``), and lesions cover a small part of it. A
-compact store keeps per sample only its boxes (``boxes``: (N, B, 4) int32, ``[y0, x0, y1, x1]``
-end-exclusive, unused rows zero) and the pixels inside them (``patches``): for each box in
-order, the image's pixels (h x w x 3, C order) then the mask's (h x w). The patches of one
-shard follow each other, sample by sample, in row ``s`` of the ``patches`` array (one row per
-shard), so that a shard is written once by one writer and a sample's bytes are found from its
-shard's boxes alone (:func:`offsets`).
+compact store keeps per sample its boxes (``boxes``: (N, B, 4) int32, ``[y0, x0, y1, x1]``
+end-exclusive, unused rows zero), the number of bytes of its patches (``patch_bytes``) and the
+patches themselves (``patches``): for each box in order, the mask inside it (h x w bytes), then
+the image's pixels where that mask is not 0 (3 bytes each, in C order). A sample kept *whole*
+(one box, the full frame) stores every pixel of its box instead; it is the sample whose one box
+has exactly h x w x 4 bytes of patches (where its mask is all ones the two readings agree). The
+patches of one shard follow each other, sample by sample, in row ``s`` of the ``patches`` array
+(one row per shard), so that a shard is written once by one writer and a sample's bytes are
+found from its shard's ``patch_bytes`` alone (:func:`offsets`).
 
 :func:`encode` takes the lesions' target boxes, shrinks each to the pixels in it that differ
-from the target photograph, and checks that composing them back gives the sample byte for
-byte; where it would not (a generator that changed pixels outside its boxes,
-more lesions than rows), the sample is kept whole as one box, the full frame. So
-:func:`compose` always gives back exactly the image and mask that were rendered.
+from the target photograph or are in the mask, and checks that composing them back gives the
+sample byte for byte; where it would not (a generator that changed pixels outside the mask,
+more lesions than rows), the sample is kept whole. So :func:`compose` always gives back exactly
+the image and mask that were rendered.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ __all__ = [
     "compose",
     "encode",
     "offsets",
-    "patch_sizes",
     "row_bytes",
     "shard_row",
     "used_boxes",
@@ -74,18 +76,18 @@ def used_boxes(rows: np.ndarray) -> np.ndarray:
     return rows[:stop]
 
 
-def patch_sizes(boxes: np.ndarray) -> int:
-    """Bytes of a sample's patches with boxes ``boxes`` (k, 4)."""
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return int(areas.sum()) * BYTES_PER_PIXEL
+def offsets(lengths: np.ndarray) -> np.ndarray:
+    """Where each sample's patches start in its shard's row: (k + 1,) int64 for the
+    ``patch_bytes`` of a shard's k samples; sample j's are ``[out[j], out[j + 1])``."""
+    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int64)
 
 
-def offsets(shard_boxes: np.ndarray) -> np.ndarray:
-    """Where each sample's patches start in its shard's row: (k + 1,) int64 for the boxes
-    rows (k, B, 4) of a shard's k samples; sample j's are ``[out[j], out[j + 1])``."""
-    sizes = [patch_sizes(used_boxes(rows)) for rows in shard_boxes]
-    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+def _whole(boxes: np.ndarray, payload: np.ndarray) -> bool:
+    """A sample kept whole: one box, every one of its pixels stored."""
+    if len(boxes) != 1:
+        return False
+    y0, x0, y1, x1 = (int(v) for v in boxes[0])
+    return len(payload) == (y1 - y0) * (x1 - x0) * BYTES_PER_PIXEL
 
 
 def compose(
@@ -93,27 +95,37 @@ def compose(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(image, mask)``: the target photograph ``normal`` with each box's patch pasted in.
 
-    Raises ValueError where ``payload`` is shorter than the boxes say (a truncated read)."""
+    Raises ValueError where ``payload`` does not hold what the boxes say (a damaged read)."""
     image = normal.copy()
     mask = np.zeros(normal.shape[:2], np.uint8)
     data = np.asarray(payload, dtype=np.uint8).ravel()
-    at = 0
-    for y0, x0, y1, x1 in np.asarray(boxes, dtype=np.int64).reshape(-1, 4):
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    whole, at = _whole(boxes, data), 0
+    for y0, x0, y1, x1 in boxes:
         h, w = int(y1 - y0), int(x1 - x0)
-        end = at + h * w * BYTES_PER_PIXEL
-        if end > len(data):
-            raise ValueError(f"patches hold {len(data)} bytes, the boxes need {end}")
-        image[y0:y1, x0:x1] = data[at : at + h * w * 3].reshape(h, w, 3)
-        mask[y0:y1, x0:x1] = data[at + h * w * 3 : end].reshape(h, w)
-        at = end
+        if at + h * w > len(data):
+            raise ValueError(f"patches hold {len(data)} bytes, the boxes need more")
+        m = data[at : at + h * w].reshape(h, w)
+        at += h * w
+        chosen = np.ones((h, w), bool) if whole else m != 0
+        count = int(np.count_nonzero(chosen))
+        if at + 3 * count > len(data):
+            raise ValueError(f"patches hold {len(data)} bytes, the boxes need more")
+        mask[y0:y1, x0:x1] = m
+        image[y0:y1, x0:x1][chosen] = data[at : at + 3 * count].reshape(count, 3)
+        at += 3 * count
+    if at != len(data):
+        raise ValueError(f"patches hold {len(data)} bytes, the boxes use {at}")
     return image, mask
 
 
-def _pixels(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def _pixels(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray, whole: bool) -> np.ndarray:
     parts: list[Any] = []
     for y0, x0, y1, x1 in boxes:
-        parts.append(image[y0:y1, x0:x1].ravel())
-        parts.append(mask[y0:y1, x0:x1].ravel())
+        m = mask[y0:y1, x0:x1]
+        parts.append(m.ravel())
+        inside = image[y0:y1, x0:x1]
+        parts.append((inside.reshape(-1, 3) if whole else inside[m != 0]).ravel())
     return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
 
 
@@ -142,20 +154,23 @@ def encode(
     image: np.ndarray, mask: np.ndarray, normal: np.ndarray, meta: dict[str, Any], rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(boxes (rows, 4) int32, patches uint8)`` of one sample (its target photograph
-    ``normal``, its generator ``meta``), such that ``compose`` gives it back exactly: its
-    lesions' target boxes, each shrunk to the pixels that differ from ``normal``."""
+    ``normal``, its generator ``meta``), such that ``compose`` gives it back exactly."""
     size = image.shape[0]
     boxes = _lesion_boxes(meta, size)
     boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
     boxes = _tightened(boxes, image, mask, normal)
-    fits = len(boxes) <= rows and patch_sizes(boxes) <= size * size * BYTES_PER_PIXEL
-    payload = _pixels(image, mask, boxes) if fits else None
+    payload = None
+    if len(boxes) <= rows:
+        payload = _pixels(image, mask, boxes, whole=False)
+        if len(payload) > size * size * BYTES_PER_PIXEL:  # overlapping boxes: larger than whole
+            payload = None
     if payload is not None:
         back = compose(normal, boxes, payload)
-        fits = np.array_equal(back[0], image) and np.array_equal(back[1], mask)
-    if not fits:  # kept whole: the full frame as one box
+        if not (np.array_equal(back[0], image) and np.array_equal(back[1], mask)):
+            payload = None
+    if payload is None:  # kept whole: the full frame, every pixel
         boxes = np.asarray([[0, 0, size, size]], np.int64)
-        payload = _pixels(image, mask, boxes)
+        payload = _pixels(image, mask, boxes, whole=True)
     out = np.zeros((rows, 4), np.int32)
     out[: len(boxes)] = boxes
     return out, payload

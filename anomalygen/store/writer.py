@@ -42,6 +42,7 @@ from anomalygen.store.format import (
     MASK,
     META,
     NORMALS,
+    PATCH_BYTES,
     PATCHES,
     POOL_CODEC,
     POOL_SHARD_SIZE,
@@ -223,8 +224,8 @@ def consolidate(loc: StoreLocation) -> None:
 
 
 def _compact(group: Any, n: int, size: int, shard_size: int, codecs: list, rows: int) -> None:
-    """The compact layout's ``boxes`` (a chunk per shard) and ``patches`` (a row per shard of
-    samples, in inner chunks; ``anomalygen.store.patches``)."""
+    """The compact layout's ``boxes`` and ``patch_bytes`` (a chunk per shard) and ``patches``
+    (a row per shard of samples, in inner chunks; ``anomalygen.store.patches``)."""
     k = min(shard_size, max(n, 1))
     group.create_array(
         BOXES,
@@ -235,6 +236,7 @@ def _compact(group: Any, n: int, size: int, shard_size: int, codecs: list, rows:
         fill_value=0,
         dimension_names=("sample", "box", "box_corner"),
     )
+    _per_item(group, PATCH_BYTES, n, shard_size, "int32", codecs, "sample")
     width, chunk = row_bytes(k, size), chunk_bytes(k, size)
     group.create_array(
         PATCHES,
@@ -417,6 +419,7 @@ class StoreWriter:
             self._write_patches(shard, shard_row([c[1] for c in coded], self._patch_chunk()))
             written = {k: v for k, v in items.items() if k not in (IMAGE, MASK)}
             written[BOXES] = np.stack([c[0] for c in coded])
+            written[PATCH_BYTES] = np.asarray([len(c[1]) for c in coded], np.int32)
         self._write_shard(shard, sel, items, written, DIGESTS, SAMPLE_COLUMNS, DONE)
 
     def _patch_chunk(self) -> int:
