@@ -12,11 +12,10 @@ patches of one shard follow each other, sample by sample, in row ``s`` of the ``
 (one row per shard), so that a shard is written once by one writer and a sample's bytes are
 found from its shard's ``patch_bytes`` alone (:func:`offsets`).
 
-:func:`encode` takes the lesions' target boxes, shrinks each to the pixels in it that differ
-from the target photograph or are in the mask, and checks that composing them back gives the
-sample byte for byte; where it would not (a generator that changed pixels outside the mask,
-more lesions than rows), the sample is kept whole. So :func:`compose` always gives back exactly
-the image and mask that were rendered.
+:func:`encode` takes the lesions' target boxes, shrinks each to its mask's pixels, and checks
+that composing them back gives the sample byte for byte. Where it would not (a generator that
+changed pixels outside the mask, more lesions than rows), the sample is kept whole. So
+:func:`compose` always gives back exactly the image and mask that were rendered.
 """
 
 from __future__ import annotations
@@ -135,16 +134,14 @@ def _lesion_boxes(meta: dict[str, Any], size: int) -> np.ndarray:
     return np.clip(out, 0, size)
 
 
-def _tightened(
-    boxes: np.ndarray, image: np.ndarray, mask: np.ndarray, normal: np.ndarray
-) -> np.ndarray:
-    """Each box shrunk to the pixels in it that differ from ``normal`` or are in the mask (a
-    lesion's crop box is mostly its target's own pixels); boxes with none are dropped."""
+def _tightened(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each box shrunk to its mask's pixels (a lesion's crop box is mostly its target's own
+    pixels); boxes with none are dropped. Pixels that changed outside the mask make ``encode``'s
+    check fail, and the sample is kept whole."""
     out = []
     for y0, x0, y1, x1 in boxes:
-        changed = mask[y0:y1, x0:x1] != 0
-        changed |= (image[y0:y1, x0:x1] != normal[y0:y1, x0:x1]).any(axis=-1)
-        rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        inside = mask[y0:y1, x0:x1]
+        rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
         if len(rows):
             out.append([y0 + rows[0], x0 + cols[0], y0 + rows[-1] + 1, x0 + cols[-1] + 1])
     return np.asarray(out, dtype=np.int64).reshape(-1, 4)
@@ -158,7 +155,7 @@ def encode(
     size = image.shape[0]
     boxes = _lesion_boxes(meta, size)
     boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-    boxes = _tightened(boxes, image, mask, normal)
+    boxes = _tightened(boxes, mask)
     payload = None
     if len(boxes) <= rows:
         payload = _pixels(image, mask, boxes, whole=False)
