@@ -255,3 +255,10 @@ def test_the_training_dataset_sees_no_difference(pair: tuple[Path, Path]) -> Non
     )
     (batch,) = list(loader)
     assert torch.equal(batch["image"][1], a[(0, 1900)]["image"])
+
+
+def test_a_compact_render_is_the_same_with_two_processes(photographs: Path, tmp_path) -> None:
+    one = _render(tmp_path / "one.zarr", photographs, "compact", n=80, shard_size=16)
+    two = _render(tmp_path / "two.zarr", photographs, "compact", n=80, shard_size=16, workers=2)
+    assert files(one / "patches") == files(two / "patches")
+    assert files(one / "boxes") == files(two / "boxes")
