@@ -262,3 +262,13 @@ def test_a_compact_render_is_the_same_with_two_processes(photographs: Path, tmp_
     two = _render(tmp_path / "two.zarr", photographs, "compact", n=80, shard_size=16, workers=2)
     assert files(one / "patches") == files(two / "patches")
     assert files(one / "boxes") == files(two / "boxes")
+
+
+def test_a_layout_the_format_does_not_know_is_refused(damaged: Path) -> None:
+    group = zarr.open_group(str(damaged), mode="r+", use_consolidated=False)
+    group.attrs["format_version"] = 2
+    with pytest.raises(StoreError, match="attribute 'layout' compact needs format version 3"):
+        open_store(damaged)
+    group.attrs.update({"format_version": 3, "layout": "sparse"})
+    with pytest.raises(StoreError, match="attribute 'layout' must be one of full, compact"):
+        open_store(damaged)
