@@ -272,3 +272,17 @@ def test_a_layout_the_format_does_not_know_is_refused(damaged: Path) -> None:
     group.attrs.update({"format_version": 3, "layout": "sparse"})
     with pytest.raises(StoreError, match="attribute 'layout' must be one of full, compact"):
         open_store(damaged)
+
+
+def test_an_interrupted_compact_render_resumes_byte_for_byte(
+    pair: tuple[Path, Path], photographs: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "resumed.zarr"
+    shutil.copytree(pair[1], copy)
+    group = zarr.open_group(str(copy), mode="r+", use_consolidated=False)
+    group["done"][4] = 0  # as a render killed while writing shard 4 leaves it
+    group.attrs.pop("completed")
+    (copy / shard_key("patches", 4, ndim=2)).write_bytes(b"half a shard")
+    _render(copy, photographs, "compact")
+    assert files(copy / "patches") == files(pair[1] / "patches")
+    assert verify_store(str(copy), full=True).ok
