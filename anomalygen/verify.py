@@ -37,7 +37,9 @@ from anomalygen.render.lock import lock_holder
 from anomalygen.store import digests as dg
 from anomalygen.store import format as fmt
 from anomalygen.store.checked import read_error
+from anomalygen.store.patches import box_rows, chunk_bytes, row_bytes
 from anomalygen.store.reader import NormalsView, SampleStore, open_store
+from anomalygen.store.text import INFO_BYTES, decode_texts, meta_bytes
 
 __all__ = ["SAMPLES", "VerifyReport", "verify_store"]
 
@@ -192,6 +194,8 @@ class _Checker:
         self.full = full
         self.seed = seed
         self.has_digests = store.attrs["format_version"] >= fmt.DIGESTS_SINCE
+        self.text_rows = store.attrs["format_version"] >= fmt.TEXT_ROWS_SINCE
+        self.records = set(fmt.record_arrays())
         self.pools: dict[str, int] = dict(store.attrs["pools"])
         self.pool_shard = int(store.attrs.get("pool_shard_size", fmt.POOL_SHARD_SIZE))
         self.digest_rows: dict[str, np.ndarray] = {}
@@ -211,12 +215,19 @@ class _Checker:
             fmt.SOURCE: ((n,), "int32", (k,), None),
             fmt.AREA: ((n,), "int32", (k,), None),
             fmt.LESIONS: ((n,), "uint16", (k,), None),
-            fmt.META: ((n,), None, (k,), None),
+            fmt.META: self._record_layout(n, k, self._meta_width()),
             fmt.DONE: ((store.n_shards,), "uint8", (1,), None),
         }
         if self.has_digests:
             cols = len(dg.SAMPLE_COLUMNS)
             expected[fmt.DIGESTS] = ((n, cols), "uint32", (k, cols), None)
+        if store.layout == fmt.COMPACT:
+            del expected[fmt.IMAGE], expected[fmt.MASK]
+            rows = box_rows(store.config.lesions[1])
+            expected[fmt.BOXES] = ((n, rows, 4), "int32", (k, rows, 4), None)
+            expected[fmt.PATCH_BYTES] = ((n,), "int32", (k,), None)
+            width, chunk = row_bytes(k, size), chunk_bytes(k, size)
+            expected[fmt.PATCHES] = ((store.n_shards, width), "uint8", (1, chunk), (1, width))
         ps = self.pool_shard
         for pool, count in self.pools.items():
             c = min(ps, max(count, 1))
@@ -225,12 +236,24 @@ class _Checker:
             if pool == fmt.NORMALS:
                 fov = ((count, size, size), "uint8", (1, size, size), (c, size, size))
                 expected[f"{pool}_fov"] = fov
-            expected[f"{pool}_info"] = ((count,), None, (c,), None)
+            expected[f"{pool}_info"] = self._record_layout(count, c, INFO_BYTES)
             if self.has_digests:
                 cols = len(dg.pool_columns(pool))
                 expected[dg.pool_digests_name(pool)] = ((count, cols), "uint32", (c, cols), None)
             expected[f"{pool}_done"] = ((-(-count // ps),), "uint8", (1,), None)
         return expected
+
+    def _meta_width(self) -> int:
+        return meta_bytes(self.store.config.lesions[1])
+
+    def _record_layout(
+        self, count: int, shard: int, width: int
+    ) -> tuple[tuple, str | None, tuple, Any]:
+        """A record array's (shape, dtype, chunks, shards): rows of ``width`` uint8 from
+        version 3, a chunk per shard; zarr-python strings (dtype not checked) before."""
+        if not self.text_rows:
+            return ((count,), None, (shard,), None)
+        return ((count, width), "uint8", (shard, width), ())
 
     def check_layout(self) -> None:
         self.expected = self.expected_layout()
@@ -315,7 +338,7 @@ class _Checker:
     # --- objects --------------------------------------------------------------------------
     def check_objects(self, complete: set[int]) -> None:
         """Every complete shard must have its objects: zarr reads a missing one as zeros."""
-        names = [n for n in fmt.SAMPLE_ARRAYS if self.has_digests or n != fmt.DIGESTS]
+        names = [n for n in fmt.SAMPLE_ARRAYS if n in self.expected]
         for name in names:
             present = self.store.loc.list_keys(f"{name}/c/")
             ndim = len(self.arrays[name].shape)
@@ -386,15 +409,17 @@ class _Checker:
         """Items ``r`` of a per-item array, shard by shard where a bulk read fails; None for
         items of a shard that cannot be read (reported)."""
         arr = self.arrays[name]
-        try:
-            return list(arr[r.start : r.stop])
-        except Exception:
-            pass
+        read = decode_texts if name in self.records else list
+        if not (self.text_rows and name in self.records):  # rows take 64 KB: shard by shard
+            try:
+                return read(arr[r.start : r.stop])
+            except Exception:
+                pass
         out: list[Any] = []
         for start in range(r.start, r.stop, shard_size):
             stop = min(start + shard_size, r.stop)
             try:
-                out.extend(arr[start:stop])
+                out.extend(read(arr[start:stop]))
             except Exception as err:
                 shard = start // shard_size
                 self.report.problem(
@@ -564,7 +589,9 @@ class _Checker:
         problem = _in_shard(report, s)
         r = self.store.shard_range(s)
         try:
-            if self.full:
+            if self.store.layout == fmt.COMPACT:  # composed from patches and normals
+                pairs = [(i, *self.store.composed(i)) for i in indices]
+            elif self.full:
                 images = arrays[fmt.IMAGE][r.start : r.stop]
                 masks = arrays[fmt.MASK][r.start : r.stop]
                 pairs = [(i, images[i - r.start], masks[i - r.start]) for i in indices]

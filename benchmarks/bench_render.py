@@ -18,6 +18,14 @@ the same render on a Dask ``LocalCluster`` of 2 single-threaded workers, alterna
 2-process pool (``--dask-pairs`` pairs) so that both see the same load on a shared machine; the
 ratio Dask / pool of render-phase samples/s has a target of >= 0.90 (within 10%).
 
+``--layouts`` (issue 13) instead renders the same N samples in the full and the compact layout
+(``--pairs`` alternating pairs, one worker, the same sources and codec), then reads both stores:
+every sample composed from the compact store must equal the full store's byte for byte, and
+sequential (a shard at a time) and random single-sample reads are timed for each, the compact
+one also with a cache of one target photograph (every read misses, as with thousands of
+sources). Then the compact render's peak RSS at the two ``--rss-n``. Targets: compact bytes per
+sample <= 1/20 of full, render samples/s >= 4x, RSS flat in N.
+
 Each case runs in a fresh Python process. Stores are written under --tmp (default /tmp) and
 deleted afterwards; N=4096 at 768 px needs about 4 GB of disk.
 """
@@ -55,15 +63,10 @@ def _case_render(args: dict) -> dict:
         progress=False,
         cache_mb=args.get("cache_mb", 256),
         scheduler=args.get("scheduler"),
+        layout=args.get("layout", "full"),
     )
     wall = time.perf_counter() - t0
-    import zarr
-
-    group = zarr.open_group(args["out"], mode="r")
-    sample_bytes = sum(
-        group[name].nbytes_stored()
-        for name in ("image", "mask", "target", "source", "area", "lesions", "meta")
-    )
+    sample_bytes = result.sample_bytes  # every per-sample array, digests included
     return {
         "workers": result.workers,
         "n": result.n,
@@ -83,10 +86,10 @@ def _case_floor(args: dict) -> dict:
     """Write the rendered samples again, shard by shard, timing only the writes; then time
     random reads of single samples. ``codec`` / ``shard_size`` may differ from the source."""
     import numpy as np
-    import zarr
 
     from anomalygen import store as st
     from anomalygen.render.threads import limit_zarr_threads
+    from anomalygen.store.text import decode_texts, meta_bytes
 
     limit_zarr_threads(1)  # as in a render worker: one codec thread
     source = st.open_store(args["src_store"])
@@ -97,7 +100,11 @@ def _case_floor(args: dict) -> dict:
     shutil.rmtree(args["out"], ignore_errors=True)
     Path(args["out"]).mkdir(parents=True)
     attrs = {**source.attrs, "codec": codec, "shard_size": shard_size}
-    st.create_store(loc, attrs, n=n, size=source.size, shard_size=shard_size, codec=codec, pools={})
+    width = meta_bytes(source.config.lesions[1])
+    st.create_store(
+        loc, attrs, n=n, size=source.size, shard_size=shard_size, codec=codec, pools={},
+        meta_width=width,
+    )  # fmt: skip
     writer = st.StoreWriter(loc)
     group = source.arrays()
     seconds = cpu = 0.0
@@ -106,17 +113,13 @@ def _case_floor(args: dict) -> dict:
         images = np.ascontiguousarray(group["image"][lo:hi])
         masks = np.ascontiguousarray(group["mask"][lo:hi])
         targets, sources = group["target"][lo:hi], group["source"][lo:hi]
-        metas = [json.loads(str(m)) for m in group["meta"][lo:hi]]
+        metas = [json.loads(t) for t in decode_texts(group["meta"][lo:hi])]
         t0, c0 = time.perf_counter(), time.process_time()
         writer.write_samples(s, lo, images, masks, targets, sources, metas)
         seconds += time.perf_counter() - t0
         cpu += time.process_time() - c0
-    written = zarr.open_group(args["out"], mode="r")
-    sample_bytes = sum(
-        written[name].nbytes_stored()
-        for name in ("image", "mask", "target", "source", "area", "lesions", "meta")
-    )
     reader = st.open_store(args["out"])
+    sample_bytes = reader.sample_bytes()
     order = np.random.default_rng(0).permutation(n)[: min(n, 64)]
     t0 = time.perf_counter()
     for i in order:
@@ -132,6 +135,94 @@ def _case_floor(args: dict) -> dict:
         "sample_bytes": sample_bytes,
         "read_ms": read_ms,
     }
+
+
+def _case_compare(args: dict) -> dict:
+    """Every sample of the compact store equals the full store's; read timings of both."""
+    import numpy as np
+
+    from anomalygen import open_store
+    from anomalygen.render.threads import limit_zarr_threads
+
+    limit_zarr_threads(1)  # as in a DataLoader worker
+    full, compact = open_store(args["full"]), open_store(args["compact"])
+    out: dict = {"identical": True}
+    for label, store in (("full", full), ("compact", compact)):
+        t0 = time.perf_counter()
+        shards = [store.read_shard(s) for s in range(store.n_shards)]
+        out[f"{label}_sequential_ms"] = (time.perf_counter() - t0) / len(store) * 1e3
+        if label == "compact":
+            for s, (images, masks) in enumerate(shards):
+                ref = full.read_shard(s)
+                same = np.array_equal(images, ref[0]) and np.array_equal(masks, ref[1])
+                out["identical"] = out["identical"] and same
+        del shards
+    order = np.random.default_rng(0).permutation(len(full))[: min(len(full), 256)]
+    for label, store, cache in (
+        ("full", full, None), ("compact", compact, None), ("compact_miss", compact, 1),
+    ):  # fmt: skip
+        reader = open_store(store.url)
+        if cache is not None:
+            reader.cache_bytes = cache
+        t0 = time.perf_counter()
+        for i in order:
+            reader[int(i)]
+        out[f"{label}_random_ms"] = (time.perf_counter() - t0) / len(order) * 1e3
+    return out
+
+
+def _layouts(opts: argparse.Namespace, work: Path, shard: int) -> None:
+    """Full against compact, alternating, in one run (issue 13's targets)."""
+    rows: dict[str, list[dict]] = {"full": [], "compact": []}
+    for pair in range(opts.pairs):
+        for layout in ("full", "compact"):
+            out = str(work / f"{layout}.zarr")
+            r = _run_case("render", {
+                "out": out, "src": opts.src, "n": opts.n, "size": opts.size, "workers": 1,
+                "shard_size": shard, "codec": opts.codec, "cache_mb": opts.cache_mb,
+                "layout": layout,
+            })  # fmt: skip
+            rows[layout].append(r)
+            print(
+                f"  pair {pair + 1}, {layout:7s}: {r['samples_per_s']:6.1f} samples/s"
+                f" ({r['samples_per_cpu_s']:5.1f} per CPU-second)"
+                f"  {r['sample_bytes'] / r['n'] / 1e3:8.1f} KB/sample"
+                f"  peak RSS {_mb(r['peak_rss_per_worker'])} MB  (render {r['render_s']:.1f}s)",
+                flush=True,
+            )
+    full, compact = (statistics.median(r["samples_per_s"] for r in rows[k]) for k in rows)
+    cpu = [statistics.median(r["samples_per_cpu_s"] for r in rows[k]) for k in rows]
+    size = [rows[k][-1]["sample_bytes"] / rows[k][-1]["n"] for k in rows]
+    print(
+        f"  compact / full: render samples/s {compact / full:.2f} (CPU {cpu[1] / cpu[0]:.2f};"
+        f" target >= 4), bytes per sample 1/{size[0] / size[1]:.0f} (target <= 1/20)"
+    )
+    c = _run_case(
+        "compare", {"full": str(work / "full.zarr"), "compact": str(work / "compact.zarr")}
+    )
+    print(
+        f"  composed == full for all {opts.n} samples: {c['identical']}; ms/sample read "
+        f"sequential full {c['full_sequential_ms']:.2f}, compact {c['compact_sequential_ms']:.2f};"
+        f" random full {c['full_random_ms']:.2f}, compact {c['compact_random_ms']:.2f}"
+        f" (every target read missing its cache: {c['compact_miss_random_ms']:.2f})"
+    )
+    for layout in rows:
+        shutil.rmtree(work / f"{layout}.zarr", ignore_errors=True)
+    rss = {}
+    for n in [int(x) for x in opts.rss_n.split(",") if x]:
+        out = str(work / f"rss_{n}.zarr")
+        r = _run_case("render", {
+            "out": out, "src": opts.src, "n": n, "size": opts.size, "workers": opts.rss_workers,
+            "shard_size": shard, "codec": opts.codec, "layout": "compact",
+        })  # fmt: skip
+        shutil.rmtree(out, ignore_errors=True)
+        rss[n] = r["peak_rss_per_worker"]
+        print(f"  compact N={n:5d}, {opts.rss_workers} workers: peak RSS/worker {_mb(rss[n])} MB")
+    if len(rss) == 2:
+        lo, hi = sorted(rss)
+        print(
+            f"  compact peak RSS/worker N={hi} vs N={lo}: {rss[hi] / rss[lo]:.3f} (target <= 1.10)"
+        )
 
 
 def _run_case(kind: str, args: dict) -> dict:
@@ -236,7 +327,8 @@ def _dask_rows(opts: argparse.Namespace, work: Path, shard: int, raw: int) -> No
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--case":
         kind, args = sys.argv[2], json.loads(sys.argv[3])
-        print(json.dumps(_case_render(args) if kind == "render" else _case_floor(args)))
+        cases = {"render": _case_render, "floor": _case_floor, "compare": _case_compare}
+        print(json.dumps(cases[kind](args)))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--src", default=str(DEFAULT_SRC), help="source photographs")
@@ -262,6 +354,12 @@ def main() -> None:
     )
     p.add_argument("--tmp", default=tempfile.gettempdir())
     p.add_argument(
+        "--layouts",
+        action="store_true",
+        help="instead: full against compact layout (issue 13), --pairs alternating renders",
+    )
+    p.add_argument("--pairs", type=int, default=2, help="with --layouts: render pairs")
+    p.add_argument(
         "--sweep",
         action="store_true",
         help="instead: render N samples once, then write them with every codec and shard size "
@@ -285,6 +383,9 @@ def main() -> None:
     try:
         if opts.sweep:
             _sweep(opts, work, shard, raw)
+            return
+        if opts.layouts:
+            _layouts(opts, work, shard)
             return
         results = {}
         for w in [int(x) for x in opts.workers.split(",") if x]:

@@ -12,6 +12,12 @@
    rendered into a temporary folder and deleted at the end) through the training datasets with
    augmentation, with 0 (in-process), 1 and 2 worker processes: samples/s, and per worker.
 
+``--layouts`` (issue 13) instead renders the same ``--n`` samples at 768 px in the full and the
+compact store layout and reads each through the stage-2 dataset (with its augmentation) with
+one worker process, in sequential shard order and shuffled (``StreamBatchSampler``): samples/s
+per worker and the worker's peak RSS; the compact store again at 4 x ``--n`` for the RSS.
+Target: compact >= 3x full in both orders, worker RSS flat in N.
+
 Target (issue 4): the loader delivers at least 5x the samples/s a training step consumes here;
 its per-worker rate says how many workers a GPU's step rate needs. The last lines print both.
 
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,7 +74,7 @@ def bench_step(preset: str, stage: int, size: int, batch: int, steps: int, devic
     return steps * batch / (time.perf_counter() - t0)
 
 
-def make_store(folder: Path, n: int, size: int) -> str:
+def make_store(folder: Path, n: int, size: int, layout: str = "full") -> str:
     from anomalygen.render import render
 
     src = PHOTOS
@@ -77,17 +84,34 @@ def make_store(folder: Path, n: int, size: int) -> str:
         from tests.synthetic import make_fundus
 
         src = folder / "normals"
-        src.mkdir()
+        src.mkdir(exist_ok=True)
         for k in range(6):
             Image.fromarray(make_fundus(900 + 40 * k, seed=k)).save(src / f"n{k}.png")
-    out = folder / "bench.zarr"
-    render(out, src, n, size=size, seed=0, workers=2, progress=False)
+    out = folder / f"bench_{layout}_{n}.zarr"
+    render(out, src, n, size=size, seed=0, workers=2, progress=False, layout=layout)
     return str(out)
 
 
-def bench_loader(url: str, stage: int, workers: int, batch: int = 8) -> float:
+def bench_loader(
+    url: str, stage: int, workers: int, batch: int = 8, order: str = "shuffled"
+) -> float:
     """Samples/s through a DataLoader over three passes, excluding its first batch (worker
-    start-up)."""
+    start-up); ``order="sequential"`` reads the samples in store order (shard by shard)."""
+    return _loader(url, stage, workers, batch, order)[0]
+
+
+def _worker_rss() -> int:
+    """The largest resident memory of this process's children now (the loader's workers)."""
+    try:
+        import psutil
+    except ImportError:
+        return 0
+    rss = [c.memory_info().rss for c in psutil.Process().children(recursive=True)]
+    return max(rss, default=0)
+
+
+def _loader(url: str, stage: int, workers: int, batch: int, order: str) -> tuple[float, int]:
+    """``(samples/s, peak RSS of a worker)`` (see :func:`bench_loader`)."""
     import anomalygen
     from resynth_models.data import (
         GeometryConfig,
@@ -104,7 +128,10 @@ def bench_loader(url: str, stage: int, workers: int, batch: int = 8) -> float:
     else:
         ds = SyntheticDataset(store, None, GeometryConfig(), seed=0)
     n_batches = max(3, 3 * len(store) // batch)  # three passes, each newly augmented
-    sampler = StreamBatchSampler(len(ds), batch, seed=0, stage=stage, stop_step=n_batches)
+    sampler: Any = StreamBatchSampler(len(ds), batch, seed=0, stage=stage, stop_step=n_batches)
+    if order == "sequential":
+        keys = [(p, k) for p in range(3) for k in range(len(ds))]
+        sampler = [keys[b * batch : (b + 1) * batch] for b in range(n_batches)]
     loader = torch.utils.data.DataLoader(
         ds,
         batch_sampler=sampler,
@@ -116,8 +143,35 @@ def bench_loader(url: str, stage: int, workers: int, batch: int = 8) -> float:
     it = iter(loader)
     next(it)
     t0 = time.perf_counter()
-    count = sum(len(b["image"]) for b in it)
-    return count / (time.perf_counter() - t0)
+    count, peak = 0, 0
+    for b in it:
+        count += len(b["image"])
+        peak = max(peak, _worker_rss())
+    return count / (time.perf_counter() - t0), peak
+
+
+def bench_layouts(n: int) -> None:
+    """Issue 13: the stage-2 loader over a full and a compact store of the same samples."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_layouts_"))
+    try:
+        urls = {layout: make_store(tmp, n, 768, layout) for layout in ("full", "compact")}
+        print("\n| layout | order | samples/s (1 worker) | worker peak RSS MB |")
+        print("|---|---|---:|---:|")
+        rates = {}
+        for order in ("sequential", "shuffled"):
+            for layout, url in urls.items():
+                rate, rss = _loader(url, 2, 1, 8, order)
+                rates[(layout, order)] = rate
+                print(f"| {layout} | {order} | {rate:.1f} | {rss / 1e6:.0f} |", flush=True)
+        for order in ("sequential", "shuffled"):
+            ratio = rates[("compact", order)] / rates[("full", order)]
+            print(f"# compact / full, {order}: {ratio:.2f} (target >= 3)")
+        big = make_store(tmp, 4 * n, 768, "compact")
+        rate, rss = _loader(big, 2, 1, 8, "shuffled")
+        print(f"# compact N={4 * n}, shuffled: {rate:.1f} samples/s, worker peak RSS "
+              f"{rss / 1e6:.0f} MB")  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
@@ -130,8 +184,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-loader", action="store_true")
+    parser.add_argument(
+        "--layouts", action="store_true", help="instead: full against compact stores (issue 13)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.layouts:
+        bench_layouts(args.n)
+        return
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(

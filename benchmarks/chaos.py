@@ -341,7 +341,7 @@ def _damages(lab: Lab) -> Iterator[tuple[str, Callable[[Path], None]]]:
 
     shards = 24
     ndims = {"image": 4, "mask": 3, "digests": 2, "normals": 4, "normals_fov": 3,
-             "normals_digests": 2}  # fmt: skip
+             "normals_digests": 2, "meta": 2, "normals_info": 2}  # fmt: skip
     sample_arrays = ("image", "mask", "target", "source", "area", "lesions", "meta", "digests")
     pool_arrays = ("normals", "normals_fov", "normals_info", "normals_digests")
 

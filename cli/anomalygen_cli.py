@@ -1,5 +1,5 @@
 """The ``anomalygen`` command: render synthetic lesions into stores, preview, inspect, verify,
-export."""
+export, convert."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ app = typer.Typer(
 )
 
 # Each command's parsing lives in its own module; registration order is the order in --help.
-from anomalygen_cli import export_cmd, preview_cmd, render_cmd  # noqa: E402
+from anomalygen_cli import convert_cmd, export_cmd, preview_cmd, render_cmd  # noqa: E402
 
 app.command("render", cls=Command)(render_cmd.render)
 app.command("preview", cls=Command)(preview_cmd.preview)
 app.command("info", cls=Command)(render_cmd.info)
 app.command("verify", cls=Command)(render_cmd.verify)
 app.command("export", cls=Command)(export_cmd.export)
+app.command("convert", cls=Command)(convert_cmd.convert)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import typer
 from anomalygen.errors import ConfigError
 from anomalygen.render import DEFAULT_CACHE_MB
 from anomalygen.store import DEFAULT_CODEC, DEFAULT_SHARD_SIZE
+from anomalygen.store.format import DEFAULT_LAYOUT
 from anomalygen_cli import options as opt
 from anomalygen_cli.common import EXIT_INTERRUPTED, fail
 
@@ -152,6 +153,16 @@ def render(
             "--codec", help="Compression: zstd (level 1), blosc-lz4 or none.", rich_help_panel=STORE
         ),
     ] = DEFAULT_CODEC,
+    layout: Annotated[
+        str,
+        typer.Option(
+            "--layout",
+            help="full: every image and mask; compact: only the pixels inside the lesion boxes, "
+            "composed with the target photograph on read (far smaller, faster to write; "
+            "`anomalygen convert` makes a full copy for tools that read the image arrays).",
+            rich_help_panel=STORE,
+        ),
+    ] = DEFAULT_LAYOUT,
     lesions: opt.Lesions = None,
     p_normal: opt.PNormal = None,
     crop_fraction: opt.CropFraction = None,
@@ -254,6 +265,7 @@ def render(
             cache_mb=cache_mb,
             scheduler=scheduler,
             storage_options=parse_storage_options(storage_option),
+            layout=layout,
         )
     except RenderInterrupted as err:
         typer.echo(str(err), err=True)
@@ -321,7 +333,8 @@ def info(
             " x ".join(map(str, data["image_shape"]))
             + " uint8 RGB; mask "
             + " x ".join(map(str, data["mask_shape"]))
-            + " uint8",
+            + " uint8"
+            + (" (compact: composed on read)" if data.get("layout") == "compact" else ""),
         ),
         ("codec", f"{data['codec']} (+crc32c)"),
         (

@@ -22,6 +22,7 @@ from anomalygen.errors import ConfigError, ImageError, StoreError
 from anomalygen.generator import GeneratorConfig, draw_pair, sample_rng
 from anomalygen.progress import Progress
 from anomalygen.render import RenderInterrupted, render
+from anomalygen.store.text import meta_bytes
 from anomalygen.verify import verify_store
 from tests.badfiles import write_bad_files, write_odd_but_valid_files
 from tests.synthetic import write_sources
@@ -316,7 +317,9 @@ def test_zarr_layout(reference: str) -> None:
     group = zarr.open_group(reference, mode="r")
     assert group["image"].shards == (SHARD, SIZE, SIZE, 3)
     assert group["image"].chunks == (1, SIZE, SIZE, 3)
-    assert group["meta"].chunks == (SHARD,)
+    # format 3: records as rows of bytes, one chunk per shard
+    assert group["meta"].chunks == (SHARD, meta_bytes(GeneratorConfig().lesions[1]))
+    assert group["meta"].shards is None
     assert group["done"].chunks == (1,)
     assert group["normals"].shards[0] == min(st.POOL_SHARD_SIZE, 4)  # 4 source images
 

@@ -53,6 +53,7 @@ def files(folder: Path) -> dict[str, str]:
 
 def key(name: str, shard: int) -> str:
     ndim = {"image": 4, "mask": 3, "normals": 4, "normals_fov": 3, "digests": 2}.get(name, 1)
+    ndim = 2 if name in ("meta", "normals_info", "textures_info") else ndim  # rows of bytes
     return shard_key(name, shard, ndim=ndim)
 
 

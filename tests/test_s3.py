@@ -219,3 +219,18 @@ def test_train_reads_the_store_from_s3(s3, s3_store, tmp_path, monkeypatch, caps
     assert (run / "stage2.safetensors").is_file()
     written = "".join(p.read_text(errors="ignore") for p in run.rglob("*.json"))
     assert s3_store in written and "testing" not in written  # the URL, never the secret
+
+
+def test_a_compact_render_to_s3_matches_a_local_one(s3, sources, tmp_path) -> None:
+    """The compact layout's patches rows (written in part, after deleting the object) on an
+    object store."""
+    local = tmp_path / "compact.zarr"
+    render(str(local), sources, N, size=SIZE, shard_size=SHARD, workers=1, progress=False,
+           layout="compact")  # fmt: skip
+    url = f"s3://{BUCKET}/compact.zarr"
+    render(url, sources, N, size=SIZE, shard_size=SHARD, workers=1, storage_options=s3,
+           progress=False, layout="compact")  # fmt: skip
+    assert_same_objects(st.location(url, s3), st.location(str(local)))
+    store, reference = open_store(url, s3), open_store(str(local))
+    for got, expected in zip(store[7], reference[7], strict=True):
+        np.testing.assert_array_equal(got, expected)

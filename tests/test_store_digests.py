@@ -4,8 +4,13 @@ Every array's contents, every object that zarr wrote for it (its ``zarr.json``, 
 shards) and the group attributes that do not change between two renders of the same content are
 compared with values recorded literally below, from the renderer as it was before the redesign
 of issue 11 (commit 9e9320c); format version 2 (issue 10) added the ``digests`` and
-``<pool>_digests`` arrays and left every other array's bytes as they were. A change to the
-generator, the store layout or the renderer that alters a single byte of a store fails here.
+``<pool>_digests`` arrays and left every other array's bytes as they were. Format version 3
+(issue 12) changed, deliberately, the objects of the record arrays (``meta``, ``<pool>_info``:
+uint8 rows instead of zarr-python strings; their contents, compared as texts, are unchanged)
+and the ``zarr.json`` of the digests arrays (their column dimension's name); every other
+array's objects, ``image`` and ``mask`` among them, are byte for byte what they were. A change
+to the generator, the store layout or the renderer that alters a single byte of a store fails
+here.
 
 The generator configuration is pinned: :func:`pinned_generator` builds it from
 ``PAPER_GENERATOR``, today's field values written out, so that a default changed later does not
@@ -32,6 +37,8 @@ from PIL import Image
 from anomalygen.config import from_dict, to_dict
 from anomalygen.generator import GeneratorConfig
 from anomalygen.render import render
+from anomalygen.store.format import record_arrays
+from anomalygen.store.text import decode_texts
 from tests.synthetic import make_fundus
 
 #: Every field of GeneratorConfig, nested ones included, as the paper's defaults stood before the
@@ -152,12 +159,20 @@ def objects_digest(folder: Path) -> str:
     return _hex(digest)
 
 
+def _decoded(name: str, data: np.ndarray) -> np.ndarray:
+    """Records (``meta``, ``<pool>_info``) as their texts, however the store's version holds
+    them: format 3 changed their representation (uint8 rows), not their content."""
+    if name not in record_arrays():
+        return data
+    return np.asarray(decode_texts(data), dtype=object)
+
+
 def store_digests(path: Path) -> dict[str, dict[str, str]]:
     """``{"contents": {array: digest}, "objects": {array: digest}}`` of a local store."""
     group = zarr.open_group(str(path), mode="r")
     names = sorted(name for name, _ in group.arrays())
     return {
-        "contents": {name: content_digest(group[name][:]) for name in names},
+        "contents": {name: content_digest(_decoded(name, group[name][:])) for name in names},
         "objects": {name: objects_digest(path / name) for name in names},
     }
 
@@ -209,7 +224,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 def fundus_attrs(photographs: Path) -> dict[str, Any]:
     return {
         "format": "anomalygen-store",
-        "format_version": 2,
+        "format_version": 3,
         "n": 60,
         "size": 64,
         "seed": 7,
@@ -250,17 +265,17 @@ FUNDUS_DIGESTS: dict[str, dict[str, str]] = {
     },
     "objects": {
         "area": "1ed6bed8927cb8b6",
-        "digests": "f279a6678a076c8e",
+        "digests": "232b8112a67053c2",
         "done": "55f5484f9782f1ae",
         "image": "19bcd730452f254b",
         "lesions": "414cf6017465444c",
         "mask": "a48a318979b9358c",
-        "meta": "93ce3a5d05784850",
+        "meta": "482806b3a285afb0",
         "normals": "c9d1b9c74c2dffd3",
-        "normals_digests": "6ee26c057f5e8e61",
+        "normals_digests": "603df92d57f44bd5",
         "normals_done": "8cac1cea1808908b",
         "normals_fov": "2ca930641ec5c946",
-        "normals_info": "d29d1f7bd5eeb429",
+        "normals_info": "42ecae3c28ebe9a8",
         "source": "1dfbebace7e8cd28",
         "target": "ce1dfa8765847a54",
     },
@@ -291,7 +306,7 @@ def test_fundus_render_is_unchanged(inputs, tmp_path, runner: dict[str, Any]) ->
 def texture_attrs(photographs: Path, textures: Path) -> dict[str, Any]:
     return {
         "format": "anomalygen-store",
-        "format_version": 2,
+        "format_version": 3,
         "n": 20,
         "size": 48,
         "seed": 3,
@@ -337,23 +352,23 @@ TEXTURE_DIGESTS: dict[str, dict[str, str]] = {
     },
     "objects": {
         "area": "bfc90d3c410025ab",
-        "digests": "98bbb53fb8ff3d24",
+        "digests": "48ce49b92974d910",
         "done": "4ac20404469b9398",
         "image": "147ca42bbb1e55ad",
         "lesions": "f498392f9d9fc0d2",
         "mask": "8e49695e2b04ced6",
-        "meta": "493ff84e9f0d7f3e",
+        "meta": "f5abccce6efe10c4",
         "normals": "baac3b78086297f9",
-        "normals_digests": "a3514cb16b07ef52",
+        "normals_digests": "cc26e4410d9c5c70",
         "normals_done": "8cac1cea1808908b",
         "normals_fov": "528bdc9f204ec60f",
-        "normals_info": "0961b4c731e8ce6b",
+        "normals_info": "42ecae3c28ebe9a8",
         "source": "e052919dfeb00ee9",
         "target": "26670fc190a4fb58",
         "textures": "dc96d9793134178f",
-        "textures_digests": "4a194647e7c8d9ab",
+        "textures_digests": "41de7d40da33d99d",
         "textures_done": "80ba7125c32319a0",
-        "textures_info": "f0f3f5b3983f9f93",
+        "textures_info": "68481a20f564310f",
     },
 }
 

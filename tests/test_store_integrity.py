@@ -21,6 +21,7 @@ from anomalygen.errors import StoreError
 from anomalygen.render import render
 from anomalygen.render.lock import lock_for, lock_holder
 from anomalygen.store import StoreWriter, location, shard_key
+from anomalygen.store.text import decode_texts
 from anomalygen.verify import verify_store
 from tests.synthetic import write_sources
 
@@ -48,6 +49,7 @@ def copy(good: Path, tmp_path: Path) -> Path:
 
 def key(name: str, shard: int) -> str:
     ndim = {"image": 4, "mask": 3, "normals": 4, "normals_fov": 3, "digests": 2}.get(name, 1)
+    ndim = 2 if name in ("meta", "normals_info", "textures_info") else ndim  # rows of bytes
     return shard_key(name, shard, ndim=ndim)
 
 
@@ -147,10 +149,20 @@ def test_verify_finds_every_lost_object_and_the_damaged_shards(copy: Path) -> No
 
 
 def as_version_1(path: Path) -> None:
-    """What a version-1 store is: the same arrays, byte for byte, without the digests."""
-    group = zarr.open_group(str(path), mode="r+")
+    """What a version-1 store is: the same image arrays, byte for byte, without the digests,
+    its records (``meta``, ``normals_info``) in zarr-python's string type (versions 1 and 2)
+    and no consolidated metadata."""
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     for name in ("digests", "normals_digests"):
         shutil.rmtree(path / name)
+    for name, chunk, dim in (("meta", SHARD, "sample"), ("normals_info", 8, "normal")):
+        texts = np.asarray(decode_texts(group[name][:]), dtype=object)
+        shutil.rmtree(path / name)
+        strings = group.create_array(
+            name, shape=texts.shape, dtype=str, chunks=(min(chunk, len(texts)),), fill_value="",
+            dimension_names=(dim,),
+        )  # fmt: skip
+        strings[:] = texts
     group.attrs["format_version"] = 1
 
 

@@ -14,6 +14,7 @@ from anomalygen import store as st
 from anomalygen.errors import StoreError
 from anomalygen.render import render
 from anomalygen.store import digests as dg
+from anomalygen.store.text import decode_texts
 from anomalygen.verify import verify_store
 from tests.synthetic import write_sources
 
@@ -93,6 +94,7 @@ def rewrite_shard_0(group: zarr.Group, **arrays: np.ndarray) -> None:
     for name, values in arrays.items():
         group[name][0:SHARD] = values
     items = {name: group[name][0:SHARD] for name in dg.SAMPLE_COLUMNS}
+    items["meta"] = decode_texts(items["meta"])
     group["digests"][0:SHARD] = dg.item_digests(dg.SAMPLE_COLUMNS, items)
 
 

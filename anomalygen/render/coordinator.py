@@ -38,8 +38,10 @@ from anomalygen.store.access import access_errors
 from anomalygen.store.format import (
     CODECS,
     DEFAULT_CODEC,
+    DEFAULT_LAYOUT,
     DEFAULT_SHARD_SIZE,
     DONE,
+    LAYOUTS,
     MAX_N,
     MAX_SEED,
     MAX_SHARD_SIZE,
@@ -53,6 +55,7 @@ from anomalygen.store.format import (
     RenderSpec,
 )
 from anomalygen.store.location import StoreLocation, location
+from anomalygen.store.text import decode_texts
 from anomalygen.store.writer import StoreWriter, initial_attrs, now, open_or_create
 
 __all__ = [
@@ -203,6 +206,7 @@ def render(
     progress_stream: Any = None,
     cache_mb: int = DEFAULT_CACHE_MB,
     scheduler: str | None = None,
+    layout: str = DEFAULT_LAYOUT,
 ) -> RenderResult:
     """Render ``n`` synthetic samples from the images at ``src`` into the store at ``out``.
 
@@ -218,10 +222,15 @@ def render(
     processes, ``"tcp://HOST:PORT"`` uses a running cluster whose workers reach ``out`` (an
     object-store URL with ``storage_options``, or a shared filesystem) and ``src`` (a shared
     filesystem). The result is byte-identical to a local render (:mod:`anomalygen.render.dask`).
+
+    ``layout="compact"`` stores per sample only its boxes and the pixels inside them, composed
+    with its target photograph on read (docs/store-format.md); ``"full"`` every image and mask.
     """
     started = time.monotonic()
     config = _generator_config(config)
     _check_options(n=n, size=size, seed=seed, shard_size=shard_size, codec=codec, cache_mb=cache_mb)
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout: unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
     files = _find_files(src, textures, config)
     where = location(out, storage_options)
     loc, n_workers, scheduler, notes = _placement(where, workers, scheduler)
@@ -230,7 +239,7 @@ def render(
     spec = RenderSpec(
         n=int(n), size=int(size), seed=int(seed), shard_size=int(shard_size), codec=codec,
         clahe=bool(clahe), generator=config, sources=_listing(files[NORMALS]),
-        textures=_listing(files[TEXTURES]) if TEXTURES in files else None,
+        textures=_listing(files[TEXTURES]) if TEXTURES in files else None, layout=layout,
     )  # fmt: skip
     plan = Plan(
         loc=loc, spec=spec, files=files, workers=n_workers, scheduler=scheduler,
@@ -486,7 +495,11 @@ def _collect_pools(plan: Plan, writer: StoreWriter, tally: Tally) -> None:
 
     update: dict[str, Any] = {}
     for pool, listing in plan.spec.pools.items():
-        infos = [json.loads(str(t)) for t in writer.array(f"{pool}_info")[:]]
+        records = writer.array(f"{pool}_info")
+        texts = []  # a pool shard at a time: format-3 records take 64 KB a row
+        for lo in range(0, records.shape[0], POOL_SHARD_SIZE):
+            texts.extend(decode_texts(records[lo : lo + POOL_SHARD_SIZE]))
+        infos = [json.loads(t) for t in texts]
         key = "sources" if pool == NORMALS else "textures"
         bad = [i for i in infos if not i.get("usable")]
         tally.skipped.extend({"pool": pool, "name": i["name"], "reason": i["reason"]} for i in bad)

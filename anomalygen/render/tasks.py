@@ -31,7 +31,7 @@ from anomalygen.files import sha256_file
 from anomalygen.progress import format_bytes
 from anomalygen.render.cache import PoolCache
 from anomalygen.store.digests import MISSING, SAMPLE_COLUMNS, item_digests, pool_columns
-from anomalygen.store.format import NORMALS, TEXTURES, RenderSpec
+from anomalygen.store.format import COMPACT, NORMALS, TEXTURES, RenderSpec
 from anomalygen.store.location import StoreLocation
 from anomalygen.store.reader import SampleStore
 from anomalygen.store.writer import StoreWriter, pool_items, sample_items
@@ -288,8 +288,11 @@ class RenderShard:
             items = sample_items(images, masks, targets, sources, metas)
             got = item_digests(SAMPLE_COLUMNS, items)
             check_expected(state.loc, f"shard {self.shard}", self.expect, got)
+        # A compact store keeps what a sample adds to its target photograph.
+        normals = renderer.targets(targets, state.cache) if state.writer.layout == COMPACT else None
         state.guard()
-        state.writer.write_samples(self.shard, start, images, masks, targets, sources, metas)
+        write = state.writer.write_samples
+        write(self.shard, start, images, masks, targets, sources, metas, normals)
         return TaskReport(samples=len(samples))
 
 
@@ -350,6 +353,10 @@ class ShardRenderer:
         size = spec.size
         self._images = np.empty((spec.shard_size, size, size, 3), np.uint8)
         self._masks = np.empty((spec.shard_size, size, size), np.uint8)
+
+    def targets(self, targets: list[int], cache: PoolCache) -> list[np.ndarray]:
+        """The target photographs of a shard's samples (read for its render: in the cache)."""
+        return [cache.get(self.normals, t)[0] for t in targets]
 
     def render(self, samples: range, cache: PoolCache) -> tuple[Any, ...]:
         """``(images, masks, targets, sources, metas)`` of ``samples`` (one shard)."""

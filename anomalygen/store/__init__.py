@@ -1,4 +1,4 @@
-"""The anomalygen store, format version 1 (``docs/store-format.md``).
+"""The anomalygen store (``docs/store-format.md``).
 
 One Zarr v3 group holds the *pools* the renderer draws from (prepared once in phase 1), the
 synthetic samples ``image`` / ``mask`` (I_G, M_G) with their metadata, and one completion flag
@@ -10,6 +10,7 @@ per shard. The modules, each importing only those above it:
   deleting and sizes of its objects through zarr's Store API;
 - :mod:`~anomalygen.store.access`: one-line errors for a store that cannot be reached;
 - :mod:`~anomalygen.store.options`: ``--storage-option KEY=VALUE`` parsing;
+- :mod:`~anomalygen.store.text`: JSON records as NUL-padded UTF-8 rows (format 3); no I/O;
 - :mod:`~anomalygen.store.reader`: :func:`open_store` and :class:`SampleStore`;
 - :mod:`~anomalygen.store.writer`: creating or resuming a store, writing whole shards;
 - :mod:`~anomalygen.store.info`: what ``anomalygen info`` prints.

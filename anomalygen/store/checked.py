@@ -10,6 +10,7 @@ shard, and how to repair it; so does an object that cannot be decoded (its CRC32
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,10 +26,15 @@ from anomalygen.store.digests import (
     pool_columns,
     pool_digests_name,
 )
-from anomalygen.store.format import DIGESTS_SINCE, shard_key
+from anomalygen.store.format import DIGESTS_SINCE, IMAGE, MASK, PATCHES, shard_key
 from anomalygen.store.location import StoreLocation
+from anomalygen.store.text import decode_texts
 
-__all__ = ["CheckedArrays", "StoreArrays", "read_error", "repair_hint"]
+__all__ = ["TEXT_SHARDS_KEPT", "CheckedArrays", "StoreArrays", "read_error", "repair_hint"]
+
+#: Shards of decoded records (``meta``, ``<pool>_info``) a reader keeps: 64 KB each at 64
+#: samples a shard of ours.
+TEXT_SHARDS_KEPT = 8
 
 
 def read_error(err: BaseException) -> str:
@@ -51,7 +57,10 @@ class StoreArrays:
         import zarr
 
         try:
-            self.group = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
+            # Not the consolidated metadata (for other readers: xarray): each array's own
+            # zarr.json, so that a lost array is missing here, not read as fill values.
+            store = loc.zarr_store(read_only=True)
+            self.group = zarr.open_group(store=store, mode="r", use_consolidated=False)
         except Exception as err:
             if isinstance(err, StoreError):
                 raise
@@ -97,15 +106,24 @@ class CheckedArrays:
     """
 
     def __init__(
-        self, arrays: StoreArrays, *, version: int, shard_size: int, pool_shard_size: int
+        self,
+        arrays: StoreArrays,
+        *,
+        version: int,
+        shard_size: int,
+        pool_shard_size: int,
+        compact: bool = False,
     ) -> None:
         self.arrays = arrays
         self.loc = arrays.loc
         self.has_digests = version >= DIGESTS_SINCE
+        #: A compact store: images and masks are composed from ``patches`` (and checked here).
+        self.compact = compact
         self._units = {"samples": _Unit(DIGESTS, SAMPLE_COLUMNS, shard_size, "sample")}
         self._pool_shard_size = pool_shard_size
         self._digests: dict[tuple[str, int], np.ndarray] = {}  # (digests array, shard) -> rows
         self._present: set[str] = set()  # version 1: objects seen to exist
+        self._texts: OrderedDict[tuple[str, int], list[str]] = OrderedDict()
 
     def unit(self, pool: str | None) -> _Unit:
         key = pool or "samples"
@@ -119,16 +137,49 @@ class CheckedArrays:
     def item(self, name: str, i: int, pool: str | None = None) -> Any:
         """Item ``i`` of array ``name`` (a sample's, or a slot's of ``pool``), checked."""
         unit = self.unit(pool)
-        value = self._read(unit, name, i, slice(i, i + 1))[0]
+        if unit.columns.get(name) == "text":
+            value = self._text_items(unit, name, range(i, i + 1))[0]
+        else:
+            value = self._read(unit, name, i, slice(i, i + 1))[0]
         self._check(unit, name, range(i, i + 1), [value])
         return value
 
     def items(self, name: str, r: range, pool: str | None = None) -> Any:
         """Items ``r`` of array ``name``, read at once and checked."""
         unit = self.unit(pool)
-        values = self._read(unit, name, r.start, slice(r.start, r.stop))
+        if unit.columns.get(name) == "text":
+            values: Any = self._text_items(unit, name, r)
+        else:
+            values = self._read(unit, name, r.start, slice(r.start, r.stop))
         self._check(unit, name, r, values)
         return values
+
+    def _text_items(self, unit: _Unit, name: str, r: range) -> list[str]:
+        """Records ``r``, decoded a shard at a time (a record row is one chunk per shard)."""
+        out: list[str] = []
+        i, size = r.start, unit.shard_size
+        while i < r.stop:
+            shard = i // size
+            stop = min((shard + 1) * size, r.stop)
+            out.extend(self._shard_texts(unit, name, shard)[i - shard * size : stop - shard * size])
+            i = stop
+        return out
+
+    def _shard_texts(self, unit: _Unit, name: str, shard: int) -> list[str]:
+        """The records of one shard, decoded; the last TEXT_SHARDS_KEPT are kept (``meta(i)``
+        of consecutive samples would decode the same chunk of mostly padding each time)."""
+        key = (name, shard)
+        texts = self._texts.get(key)
+        if texts is not None:
+            self._texts.move_to_end(key)
+            return texts
+        start = shard * unit.shard_size
+        stop = min(start + unit.shard_size, self.arrays[name].shape[0])
+        texts = list(self._read(unit, name, start, slice(start, stop)))
+        self._texts[key] = texts
+        while len(self._texts) > TEXT_SHARDS_KEPT:
+            self._texts.popitem(last=False)
+        return texts
 
     def picked(self, name: str, indices: np.ndarray, pool: str | None = None) -> Any:
         """Items ``indices`` (any order) of array ``name``, read at once and each checked."""
@@ -140,6 +191,7 @@ class CheckedArrays:
             raise
         except Exception as err:
             raise self._damaged(unit, name, first, f"cannot be read ({read_error(err)})") from None
+        values = self._decoded(unit, name, values)
         for i, value in zip(indices, values, strict=True):
             self._check(unit, name, range(int(i), int(i) + 1), [value])
         return values
@@ -155,11 +207,17 @@ class CheckedArrays:
 
     def _read(self, unit: _Unit, name: str, i: int, sel: slice) -> Any:
         try:
-            return self.arrays[name][sel]
+            values = self.arrays[name][sel]
         except StoreError:
             raise
         except Exception as err:  # a CRC32C that fails, a truncated shard index, ...
             raise self._damaged(unit, name, i, f"cannot be read ({read_error(err)})") from None
+        return self._decoded(unit, name, values)
+
+    @staticmethod
+    def _decoded(unit: _Unit, name: str, values: Any) -> Any:
+        """JSON records as texts (``anomalygen.store.text``: rows or strings), else as read."""
+        return decode_texts(values) if unit.columns.get(name) == "text" else values
 
     # --- checking -------------------------------------------------------------------------
     def _check(self, unit: _Unit, name: str, r: range, values: Sequence[Any]) -> None:
@@ -174,10 +232,11 @@ class CheckedArrays:
                 key = self._key(unit.digests, i // unit.shard_size)
                 raise self._damaged(unit, name, i, f"has no digest (object {key} is lost)")
             if digest(value, kind) != recorded:
-                key = self._key(name, i // unit.shard_size)
-                state = "is missing" if not self._exists(key) else "holds other data"
-                detail = f"does not match the digest written with it (object {key} {state})"
-                raise self._damaged(unit, name, i, detail)
+                composed = self.compact and name in (IMAGE, MASK)
+                state = self.object_state(PATCHES if composed else name, i // unit.shard_size)
+                how = " composed from its patches and target normal" if composed else ""
+                detail = f"{how} does not match the digest written with it ({state})"
+                raise self._damaged(unit, name, i, detail.lstrip())
 
     def _digest_rows(self, unit: _Unit, i: int) -> np.ndarray:
         shard = i // unit.shard_size
@@ -209,6 +268,16 @@ class CheckedArrays:
             return self.loc.exists(key)
         except Exception as err:
             raise access_error(self.loc, err, f"read {key}") from None
+
+    def object_state(self, name: str, shard: int) -> str:
+        """``"object K is missing"`` or ``"object K holds other data"``: the shard object of
+        array ``name`` that an item failed to match."""
+        key = self._key(name, shard)
+        return f"object {key} {'is missing' if not self._exists(key) else 'holds other data'}"
+
+    def damaged(self, name: str, i: int, detail: str) -> StoreError:
+        """The error for sample ``i``, damaged in array ``name`` as ``detail`` says."""
+        return self._damaged(self.unit(None), name, i, detail)
 
     def _damaged(self, unit: _Unit, name: str, i: int, detail: str) -> StoreError:
         return StoreError(

@@ -1,4 +1,4 @@
-"""The store format, version 1: names, layout constants, the render's parameters. No I/O.
+"""The store format (version 3): names, layout constants, the render's parameters. No I/O.
 
 ``docs/store-format.md`` is the contract; this module is the only code that knows the store's
 array names and attributes. :class:`RenderSpec` is what a render is asked to make (the keys a
@@ -20,12 +20,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CODECS",
+    "COMPACT",
+    "COMPACT_SINCE",
     "DEFAULT_CODEC",
+    "DEFAULT_LAYOUT",
     "DEFAULT_SHARD_SIZE",
     "DIGESTS",
     "DIGESTS_SINCE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "FULL",
+    "LAYOUTS",
     "MAX_N",
     "MAX_POOL",
     "MAX_SEED",
@@ -33,11 +38,14 @@ __all__ = [
     "MAX_SIZE",
     "MIN_SIZE",
     "POOL_SHARD_SIZE",
+    "TEXT_ROWS_SINCE",
     "Listing",
     "RenderSpec",
     "check_format",
     "compressors",
+    "layout_of",
     "parameter_differences",
+    "record_arrays",
     "shard_key",
 ]
 
@@ -45,11 +53,16 @@ __all__ = [
 FORMAT_NAME = "anomalygen-store"
 #: The version this code writes; readers refuse any version not in ``READABLE_VERSIONS``.
 #: Version 2 adds the content digests (``digests``, ``<pool>_digests``) written with every
-#: shard; version-1 stores have none and stay readable.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: shard; version-1 stores have none and stay readable. Version 3 stores the JSON records
+#: (``meta``, ``<pool>_info``) as NUL-padded UTF-8 rows of uint8 (``anomalygen.store.text``),
+#: a core Zarr v3 data type, instead of zarr-python's ``string`` extension, and gives the
+#: digests arrays' columns their own dimension names (xarray opens the whole group).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 #: The first version whose shards carry digests.
 DIGESTS_SINCE = 2
+#: The first version whose records are uint8 rows (versions 1 and 2: zarr-python strings).
+TEXT_ROWS_SINCE = 3
 
 # Array names (see docs/store-format.md). Pools: "<pool>", "<pool>_fov" (normals only),
 # "<pool>_info" (one JSON record per slot), "<pool>_digests" (version 2) and "<pool>_done"
@@ -63,18 +76,35 @@ LESIONS = "lesions"
 META = "meta"
 DONE = "done"
 DIGESTS = "digests"
+#: The compact layout's arrays, in place of ``image`` and ``mask`` (``anomalygen.store.patches``).
+BOXES = "boxes"
+PATCH_BYTES = "patch_bytes"
+PATCHES = "patches"
 #: The arrays that hold the samples themselves (what "bytes per sample" counts; not the pools).
-SAMPLE_ARRAYS = (IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS)
+SAMPLE_ARRAYS = (
+    *(IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS),
+    *(BOXES, PATCH_BYTES, PATCHES),
+)
 NORMALS = "normals"
 TEXTURES = "textures"
 POOLS = (NORMALS, TEXTURES)
 POOL_SUFFIXES = ("", "_fov", "_info", "_digests", "_done")
 ARRAY_NAMES = frozenset(
-    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS, DONE]
+    [IMAGE, MASK, TARGET, SOURCE, AREA, LESIONS, META, DIGESTS, DONE, BOXES, PATCH_BYTES, PATCHES]
     + [f"{pool}{suffix}" for pool in POOLS for suffix in POOL_SUFFIXES]
 )
 #: The group's metadata object (its attributes live in it).
 GROUP_METADATA = "zarr.json"
+
+#: Store layouts (``--layout``, the ``layout`` attribute; a store without one is ``full``):
+#: ``full`` stores every sample's image and mask; ``compact`` only the pixels inside its
+#: lesion boxes, composed with its target normal on read (format version 3 and later).
+FULL = "full"
+COMPACT = "compact"
+LAYOUTS = (FULL, COMPACT)
+DEFAULT_LAYOUT = FULL
+#: The first version that may be compact.
+COMPACT_SINCE = 3
 
 #: Codec names accepted by ``--codec``. Every chunk also carries a CRC32C checksum, so that
 #: ``anomalygen verify`` catches any corrupted byte (zstd alone misses many bit flips).
@@ -125,7 +155,13 @@ PARAMETER_KEYS = (
     "generator",
     "sources",
     "textures",
+    "layout",
 )
+
+
+def record_arrays(pools: Sequence[str] = POOLS) -> tuple[str, ...]:
+    """The arrays of JSON records: ``meta`` and each pool's ``<pool>_info``."""
+    return (META, *(f"{pool}_info" for pool in pools))
 
 
 def shard_key(name: str, shard: int, *, ndim: int) -> str:
@@ -207,6 +243,7 @@ class RenderSpec:
     sources: Listing
     textures: Listing | None = None
     pool_shard_size: int = POOL_SHARD_SIZE
+    layout: str = DEFAULT_LAYOUT
 
     @property
     def n_shards(self) -> int:
@@ -231,9 +268,11 @@ class RenderSpec:
         return TEXTURES if self.generator.source == "texture" else NORMALS
 
     def to_attrs(self) -> dict[str, Any]:
-        """The parameter attributes (``PARAMETER_KEYS``, in that order)."""
+        """The parameter attributes (``PARAMETER_KEYS``, in that order; ``layout`` only for a
+        compact store, so that a full render writes the attributes it always wrote)."""
         from anomalygen.config import to_dict
 
+        layout = {"layout": self.layout} if self.layout != FULL else {}
         return {
             "n": self.n,
             "size": self.size,
@@ -245,6 +284,7 @@ class RenderSpec:
             "generator": to_dict(self.generator),
             "sources": self.sources.to_attrs(),
             "textures": self.textures.to_attrs() if self.textures is not None else None,
+            **layout,
         }
 
     @classmethod
@@ -265,9 +305,15 @@ class RenderSpec:
                 sources=Listing.from_attrs(attrs["sources"]),
                 textures=Listing.from_attrs(textures) if textures else None,
                 pool_shard_size=int(attrs.get("pool_shard_size", POOL_SHARD_SIZE)),
+                layout=layout_of(attrs),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise StoreError(f"the store's attributes are incomplete ({err})") from None
+
+
+def layout_of(attrs: Mapping[str, Any]) -> str:
+    """The layout of a store with attributes ``attrs`` (``full`` where none is recorded)."""
+    return str(attrs.get("layout", FULL))
 
 
 def parameter_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -275,6 +321,8 @@ def parameter_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> lis
     out = []
     for key in PARAMETER_KEYS:
         a, b = old.get(key), new.get(key)
+        if key == "layout":
+            a, b = layout_of(old), layout_of(new)
         if key in ("sources", "textures"):
             a, b = _file_pairs(a), _file_pairs(b)
             if a != b:

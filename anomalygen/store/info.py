@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalygen.store.format import AREA, IMAGE, MASK, SAMPLE_ARRAYS
+from anomalygen.store.format import AREA, SAMPLE_ARRAYS
 from anomalygen.store.reader import open_store
 
 __all__ = ["store_info"]
@@ -18,7 +18,6 @@ def store_info(url: str | os.PathLike, storage_options: dict | None = None) -> d
     counts, shapes, codec, size on disk and per sample, completion, config, sources."""
     store = open_store(url, storage_options)
     attrs = store.attrs
-    arrays = store.arrays()
     complete = store.complete_shards()
     samples_done = sum(len(store.shard_range(s)) for s in complete)
     sizes = store.loc.sizes()
@@ -33,7 +32,7 @@ def store_info(url: str | os.PathLike, storage_options: dict | None = None) -> d
     pools = {}
     for pool, slots in attrs.get("pools", {}).items():
         pools[pool] = {"slots": int(slots), "usable": attrs.get(f"{pool}_count")}
-    image = arrays[IMAGE]
+    size = store.size
     sample_bytes = sum(sizes.get(name, 0) for name in SAMPLE_ARRAYS)
     return {
         "url": store.url,
@@ -46,8 +45,9 @@ def store_info(url: str | os.PathLike, storage_options: dict | None = None) -> d
         "shards": store.n_shards,
         "shards_complete": len(complete),
         "shard_size": store.shard_size,
-        "image_shape": list(image.shape),
-        "mask_shape": list(arrays[MASK].shape),
+        "layout": store.layout,
+        "image_shape": [len(store), size, size, 3],
+        "mask_shape": [len(store), size, size],
         "size": store.size,
         "seed": store.seed,
         "codec": attrs.get("codec"),

@@ -13,21 +13,27 @@ import numpy as np
 
 from anomalygen.errors import StoreError
 from anomalygen.store.checked import CheckedArrays, StoreArrays, repair_hint
+from anomalygen.store.compact import DEFAULT_CACHE_BYTES, CompactSamples, NormalCache
 from anomalygen.store.format import (
     ARRAY_NAMES,
+    BOXES,
+    COMPACT,
     DONE,
     IMAGE,
     MASK,
     META,
     NORMALS,
+    PATCHES,
     POOL_SHARD_SIZE,
     SAMPLE_ARRAYS,
     SOURCE,
     TARGET,
     TEXTURES,
     RenderSpec,
+    layout_of,
 )
 from anomalygen.store.location import StoreLocation, location
+from anomalygen.store.patches import box_rows, row_bytes
 from anomalygen.store.schema import check_attrs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,13 +60,20 @@ class SampleStore:
 
     Picklable and safe in forked or spawned DataLoader workers: only the address travels, and
     zarr is (re)opened lazily in each process (keyed on ``os.getpid()``).
+
+    A compact store (``layout``) composes each sample from its patches and its target normal
+    (``anomalygen.store.compact``); ``cache_bytes`` bounds the target photographs kept for it.
     """
+
+    #: Memory for the target photographs a compact store's samples are composed with.
+    cache_bytes: int = DEFAULT_CACHE_BYTES
 
     def __init__(self, url: str | os.PathLike | StoreLocation, storage_options=None) -> None:
         self.loc = location(url, storage_options)
         self._pid: int | None = None
         self._arrays: StoreArrays | None = None
         self._checked: CheckedArrays | None = None
+        self._compact: CompactSamples | None = None
         self._complete: set[int] = set()
         self._pool_slots: dict[str, np.ndarray] = {}
         self.attrs: dict[str, Any] = dict(self.arrays().group.attrs)
@@ -70,6 +83,7 @@ class SampleStore:
         self.shard_size: int = self.attrs["shard_size"]
         self._n: int = self.attrs["n"]
         self.n_shards: int = -(-self._n // self.shard_size)
+        self.layout: str = layout_of(self.attrs)
         self._check_shapes()
 
     def _check_shapes(self) -> None:
@@ -84,6 +98,12 @@ class SampleStore:
             DONE: ((self.n_shards,), None),
             NORMALS: ((count, size, size, 3), (min(ps, max(count, 1)), size, size, 3)),
         }
+        if self.layout == COMPACT:
+            del expected[IMAGE]
+            rows = box_rows(self.attrs["generator"]["lesions"][1])
+            width = row_bytes(k, size)
+            expected[PATCHES] = ((self.n_shards, width), (1, width))
+            expected[BOXES] = ((self._n, rows, 4), None)
         for name, (shape, shards) in expected.items():
             arr = arrays[name]
             found = (tuple(arr.shape), tuple(arr.shards) if arr.shards else None)
@@ -98,7 +118,7 @@ class SampleStore:
     # pickling: the address only; zarr objects are per process
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_pid=None, _arrays=None, _checked=None, _complete=set())
+        state.update(_pid=None, _arrays=None, _checked=None, _compact=None, _complete=set())
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -109,6 +129,7 @@ class SampleStore:
         if self._arrays is None or self._pid != os.getpid():
             self._arrays = StoreArrays(self.loc)
             self._checked = None
+            self._compact = None
             self._pid = os.getpid()
         return self._arrays
 
@@ -121,8 +142,43 @@ class SampleStore:
                 version=self.attrs["format_version"],
                 shard_size=self.shard_size,
                 pool_shard_size=self.attrs.get("pool_shard_size", POOL_SHARD_SIZE),
+                compact=self.layout == COMPACT,
             )
         return self._checked
+
+    def _samples(self) -> CompactSamples:
+        """A compact store's samples, composed on read (made once per process)."""
+        checked = self.checked()
+        if self._compact is None or self._compact.checked is not checked:
+            cache = NormalCache(self._normal_image, self.cache_bytes)
+            self._compact = CompactSamples(checked, self.shard_size, cache)
+        return self._compact
+
+    def _normal_image(self, j: int) -> np.ndarray:
+        """Usable normal ``j``'s image alone (checked), for composing compact samples."""
+        slots = self.pool_slots(NORMALS)
+        if not 0 <= j < len(slots):
+            raise StoreError(f"{self.loc}: a sample's target {j} is not a usable normal")
+        return self.checked().item(NORMALS, int(slots[j]), pool=NORMALS)
+
+    def composed(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` as stored, not checked against its digests: ``(image, mask)`` read
+        (full layout) or composed (compact). For checkers that report instead of raising."""
+        i = self._index(i)
+        if self.layout == COMPACT:
+            return self._samples().sample(i, self.shard_range(i // self.shard_size))
+        arrays = self.arrays()
+        return arrays[IMAGE][i], arrays[MASK][i]
+
+    def _pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` (an index checked by ``_index``), checked against its digests."""
+        checked = self.checked()
+        if self.layout != COMPACT:
+            return checked.item(IMAGE, i), checked.item(MASK, i)
+        image, mask = self._samples().sample(i, self.shard_range(i // self.shard_size))
+        checked.check(IMAGE, range(i, i + 1), [image])
+        checked.check(MASK, range(i, i + 1), [mask])
+        return image, mask
 
     @property
     def url(self) -> str:
@@ -161,9 +217,7 @@ class SampleStore:
         in the order asked for."""
         if isinstance(i, slice | list | tuple | np.ndarray):
             return self._stacked(i)
-        i = self._index(i)
-        checked = self.checked()
-        return checked.item(IMAGE, i), checked.item(MASK, i)
+        return self._pair(self._index(i))
 
     def _stacked(self, key: slice | Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Samples ``key`` (a slice or integer indices) stacked; each is checked as ``[i]`` is."""
@@ -175,6 +229,12 @@ class SampleStore:
                 raise TypeError(f"sample indices must be integers, got {picks.dtype}")
         rows = [self._index(int(i)) for i in picks]
         checked = self.checked()
+        if self.layout == COMPACT:
+            size = self.size
+            pairs = [self._pair(i) for i in rows]
+            images = np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, size, size, 3))
+            masks = np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, size, size))
+            return images.astype(np.uint8, copy=False), masks.astype(np.uint8, copy=False)
         if isinstance(picks, range) and picks.step == 1:  # one read per array
             return checked.items(IMAGE, picks), checked.items(MASK, picks)
         chosen = np.asarray(rows, dtype=np.int64)
@@ -208,6 +268,11 @@ class SampleStore:
         r = self.shard_range(s)
         self._index(r.start)
         checked = self.checked()
+        if self.layout == COMPACT:
+            images, masks = self._samples().shard(r)
+            checked.check(IMAGE, r, images)
+            checked.check(MASK, r, masks)
+            return images, masks
         return checked.items(IMAGE, r), checked.items(MASK, r)
 
     # --- metadata -------------------------------------------------------------------------

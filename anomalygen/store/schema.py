@@ -18,6 +18,10 @@ from typing import Any
 from anomalygen.errors import StoreError, one_line
 from anomalygen.store.format import (
     CODECS,
+    COMPACT,
+    COMPACT_SINCE,
+    FULL,
+    LAYOUTS,
     MAX_N,
     MAX_POOL,
     MAX_SEED,
@@ -100,6 +104,10 @@ def _check(attrs: Mapping[str, Any]) -> None:
     _int(attrs, "pool_shard_size", 1, MAX_SHARD_SIZE, required=False)
     if attrs.get("codec") not in CODECS:
         raise _Bad("codec", f"must be one of {', '.join(CODECS)}, got {_shown(attrs.get('codec'))}")
+    if attrs.get("layout", FULL) not in LAYOUTS:
+        raise _Bad("layout", f"must be one of {', '.join(LAYOUTS)}, got {_shown(attrs['layout'])}")
+    if attrs.get("layout") == COMPACT and attrs["format_version"] < COMPACT_SINCE:
+        raise _Bad("layout", f"compact needs format version {COMPACT_SINCE} or later")
     if not isinstance(attrs.get("clahe"), bool):
         raise _Bad("clahe", f"must be true or false, got {_shown(attrs.get('clahe'))}")
     source = _check_generator(attrs.get("generator"))

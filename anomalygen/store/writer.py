@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ from anomalygen.store.digests import (
 )
 from anomalygen.store.format import (
     AREA,
+    BOXES,
+    COMPACT,
     DIGESTS,
     DIGESTS_SINCE,
     DONE,
@@ -39,17 +42,23 @@ from anomalygen.store.format import (
     MASK,
     META,
     NORMALS,
+    PATCH_BYTES,
+    PATCHES,
     POOL_CODEC,
     POOL_SHARD_SIZE,
     SOURCE,
     TARGET,
+    TEXT_ROWS_SINCE,
     RenderSpec,
     compressors,
+    layout_of,
     parameter_differences,
     shard_key,
 )
 from anomalygen.store.location import StoreLocation
+from anomalygen.store.patches import box_rows, chunk_bytes, encode, row_bytes, shard_row
 from anomalygen.store.reader import read_attrs
+from anomalygen.store.text import INFO_BYTES, encode_texts, meta_bytes
 
 __all__ = [
     "StoreWriter",
@@ -166,8 +175,9 @@ def create_store(
 ) -> None:
     """Create the group, its arrays (empty) and attributes ``attrs`` at ``loc``.
 
-    ``pools`` maps a pool name (``normals``, ``textures``) to its number of slots. The caller
-    holds the render lock and has emptied ``loc``.
+    ``pools`` maps a pool name (``normals``, ``textures``) to its number of slots. The layout
+    and the generator's most lesions (the width of the ``meta`` rows, the rows of ``boxes``)
+    are read from ``attrs``. The caller holds the render lock and has emptied ``loc``.
     """
     import zarr
 
@@ -175,11 +185,16 @@ def create_store(
     # (held on the folder itself).
     group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="w-")
     comp = compressors(codec)
-    _images(group, IMAGE, (n, size, size, 3), shard_size, comp, ("sample", "y", "x", "rgb"))
-    _images(group, MASK, (n, size, size), shard_size, comp, ("sample", "y", "x"))
+    max_lesions = int(attrs["generator"]["lesions"][1])
+    if layout_of(attrs) == COMPACT:
+        _compact(group, n, size, shard_size, comp, box_rows(max_lesions))
+    else:
+        _images(group, IMAGE, (n, size, size, 3), shard_size, comp, ("sample", "y", "x", "rgb"))
+        _images(group, MASK, (n, size, size), shard_size, comp, ("sample", "y", "x"))
+    meta_width = meta_bytes(max_lesions)
     for name, dtype in ((TARGET, "int32"), (SOURCE, "int32"), (AREA, "int32"), (LESIONS, "uint16")):
         _per_item(group, name, n, shard_size, dtype, comp, "sample")
-    _per_item(group, META, n, shard_size, str, comp, "sample")
+    _records(group, META, (n, meta_width), shard_size, "sample")
     _digests(group, DIGESTS, n, shard_size, SAMPLE_COLUMNS, "sample")
     _flags(group, DONE, -(-n // shard_size), "shard")
     raw = compressors(POOL_CODEC)
@@ -189,11 +204,50 @@ def create_store(
         if pool == NORMALS:
             fov = (count, size, size)
             _images(group, f"{pool}_fov", fov, POOL_SHARD_SIZE, raw, (dim, "y", "x"))
-        _per_item(group, f"{pool}_info", count, POOL_SHARD_SIZE, str, comp, dim)
+        _records(group, f"{pool}_info", (count, INFO_BYTES), POOL_SHARD_SIZE, dim)
         columns = pool_columns(pool)
         _digests(group, pool_digests_name(pool), count, POOL_SHARD_SIZE, columns, dim)
         _flags(group, f"{pool}_done", -(-count // POOL_SHARD_SIZE), f"{dim}_shard")
     group.update_attributes(attrs)  # one write (attrs.update writes once per key)
+    consolidate(loc)
+
+
+def consolidate(loc: StoreLocation) -> None:
+    """Write the arrays' metadata into the group's ``zarr.json`` (consolidated metadata), so
+    that xarray and zarr open the store in one read. The arrays' metadata never change after
+    creation, and attribute updates keep it."""
+    import zarr
+
+    with warnings.catch_warnings():  # "not part of the Zarr format 3 specification" (yet)
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(loc.zarr_store(read_only=False))
+
+
+def _compact(group: Any, n: int, size: int, shard_size: int, codecs: list, rows: int) -> None:
+    """The compact layout's ``boxes`` and ``patch_bytes`` (a chunk per shard) and ``patches``
+    (a row per shard of samples, in inner chunks; ``anomalygen.store.patches``)."""
+    k = min(shard_size, max(n, 1))
+    group.create_array(
+        BOXES,
+        shape=(n, rows, 4),
+        dtype="int32",
+        chunks=(k, rows, 4),
+        compressors=codecs,
+        fill_value=0,
+        dimension_names=("sample", "box", "box_corner"),
+    )
+    _per_item(group, PATCH_BYTES, n, shard_size, "int32", codecs, "sample")
+    width, chunk = row_bytes(k, size), chunk_bytes(k, size)
+    group.create_array(
+        PATCHES,
+        shape=(-(-n // shard_size), width),
+        dtype="uint8",
+        chunks=(1, chunk),
+        shards=(1, width),
+        compressors=codecs,
+        fill_value=0,
+        dimension_names=("shard", "patch_byte"),
+    )
 
 
 def _images(
@@ -223,8 +277,22 @@ def _per_item(
         dtype=dtype,
         chunks=(min(chunk, max(count, 1)),),
         compressors=codecs,
-        fill_value="" if dtype is str else 0,
+        fill_value=0,
         dimension_names=(dim,),
+    )
+
+
+def _records(group: Any, name: str, shape: tuple[int, int], shard: int, dim: str) -> None:
+    """A record array (``anomalygen.store.text``): one NUL-padded row of UTF-8 JSON per item,
+    one chunk per shard of items, always zstd (the padding is most of it)."""
+    group.create_array(
+        name,
+        shape=shape,
+        dtype="uint8",
+        chunks=(min(shard, max(shape[0], 1)), shape[1]),
+        compressors=compressors("zstd"),
+        fill_value=0,
+        dimension_names=(dim, f"{name}_byte"),
     )
 
 
@@ -240,7 +308,7 @@ def _digests(
         chunks=(min(chunk, max(count, 1)), len(columns)),
         compressors=compressors(POOL_CODEC),
         fill_value=MISSING,
-        dimension_names=(dim, "column"),
+        dimension_names=(dim, f"{name}_column"),  # its own: xarray wants one length a name
         attributes={"columns": list(columns), "algorithm": ALGORITHM},
     )
 
@@ -301,11 +369,17 @@ class StoreWriter:
         import zarr
 
         self.loc = loc
-        self._group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="r+")
+        store = loc.zarr_store(read_only=False)
+        # The arrays' own metadata (as readers use it); update_attrs consolidates again.
+        self._group = zarr.open_group(store=store, mode="r+", use_consolidated=False)
         self._arrays: dict[str, Any] = {}
-        # Version 1 stores (resumed by this code) have no digests arrays and get none.
+        # Version 1 stores (resumed by this code) have no digests arrays and get none;
+        # versions 1 and 2 hold their records as zarr-python strings and keep doing so.
         version = self._group.attrs.get("format_version", 1)
-        self.digests = isinstance(version, int) and version >= DIGESTS_SINCE
+        version = version if isinstance(version, int) else 1
+        self.digests = version >= DIGESTS_SINCE
+        self.text_rows = version >= TEXT_ROWS_SINCE
+        self.layout = layout_of(self._group.attrs)
 
     def array(self, name: str) -> Any:
         arr = self._arrays.get(name)
@@ -325,11 +399,40 @@ class StoreWriter:
         targets: Sequence[int],
         sources: Sequence[int],
         metas: Sequence[dict],
+        normals: Sequence[np.ndarray] | None = None,
     ) -> None:
-        """Write samples ``start .. start + len(images)`` (shard ``shard``), then its flag."""
+        """Write samples ``start .. start + len(images)`` (shard ``shard``), then its flag.
+
+        A compact store needs ``normals``, each sample's target photograph (the pixels its
+        patches are composed with); it stores the boxes and patches instead of the images."""
         sel = slice(start, start + len(images))
         items = sample_items(images, masks, targets, sources, metas)
-        self._write_shard(shard, sel, items, DIGESTS, SAMPLE_COLUMNS, DONE)
+        written = items
+        if self.layout == COMPACT:
+            if normals is None:
+                raise ValueError("a compact store's samples are written with their normals")
+            rows = self.array(BOXES).shape[1]
+            coded = [
+                encode(image, mask, normal, meta, rows)
+                for image, mask, normal, meta in zip(images, masks, normals, metas, strict=True)
+            ]
+            self._write_patches(shard, shard_row([c[1] for c in coded], self._patch_chunk()))
+            written = {k: v for k, v in items.items() if k not in (IMAGE, MASK)}
+            written[BOXES] = np.stack([c[0] for c in coded])
+            written[PATCH_BYTES] = np.asarray([len(c[1]) for c in coded], np.int32)
+        self._write_shard(shard, sel, items, written, DIGESTS, SAMPLE_COLUMNS, DONE)
+
+    def _patch_chunk(self) -> int:
+        return int(self.array(PATCHES).chunks[1])
+
+    def _write_patches(self, shard: int, row: np.ndarray) -> None:
+        """Row ``shard`` of ``patches``: as far as its patches reach, in whole inner chunks.
+        The shard object is deleted first, so that a shard written again (a retry, a repair)
+        keeps no chunk of the one it replaces beyond its own."""
+        key = shard_key(PATCHES, shard, ndim=2)
+        self.loc.check_writable_key(key)
+        self.loc.delete(key)
+        self.array(PATCHES)[shard : shard + 1, : row.shape[1]] = row
 
     def write_pool(
         self,
@@ -344,28 +447,40 @@ class StoreWriter:
         sel = slice(start, start + len(infos))
         items = pool_items(pool, images, fovs, infos)
         digests = pool_digests_name(pool)
-        self._write_shard(shard, sel, items, digests, pool_columns(pool), f"{pool}_done")
+        self._write_shard(shard, sel, items, items, digests, pool_columns(pool), f"{pool}_done")
 
     def _write_shard(
         self,
         shard: int,
         sel: slice,
         items: dict[str, Any],
+        written: dict[str, Any],
         digests: str,
         columns: dict[str, str],
         flag: str,
     ) -> None:
-        """Write one shard of every array in ``items`` (lists are JSON text); in a version-2
-        store the digests of its items; then, last, the shard's flag ``flag`` (a shard without
-        its flag is written again)."""
-        names = (*items, digests) if self.digests else tuple(items)
+        """Write one shard of every array in ``written`` (lists are JSON text); in a version-2
+        store the digests of ``items`` (the samples as a reader sees them); then, last, the
+        shard's flag ``flag`` (a shard without its flag is written again)."""
+        names = (*written, digests) if self.digests else tuple(written)
         self._check_links(shard, (*names, flag))
-        for name, values in items.items():
-            text = isinstance(values, list)
-            self._assign(name, shard, sel, np.asarray(values, dtype=object) if text else values)
+        for name, values in written.items():
+            if isinstance(values, list):  # JSON records
+                values = self._record_values(name, sel, values)
+            self._assign(name, shard, sel, values)
         if self.digests:
             self._assign(digests, shard, sel, item_digests(columns, items))
         self._assign(flag, shard, shard, 1)
+
+    def _record_values(self, name: str, sel: slice, texts: list[str]) -> Any:
+        """Records as the store's version holds them: uint8 rows, or strings (versions 1-2)."""
+        if not self.text_rows:
+            return np.asarray(texts, dtype=object)
+        width = self.array(name).shape[1]
+        try:
+            return encode_texts(texts, width, what=f"{name} of item")
+        except ValueError as err:
+            raise StoreError(f"{self.loc}: cannot write {name} {sel.start}+: {err}") from None
 
     def _assign(self, name: str, shard: int, sel: Any, values: Any) -> None:
         """``array(name)[sel] = values``, the whole of shard ``shard``. zarr reads a shard
@@ -391,8 +506,14 @@ class StoreWriter:
             self.loc.check_writable_key(shard_key(name, shard, ndim=ndim))
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
-        """Only the coordinator calls this (one writer of the group's ``zarr.json``)."""
+        """Only the coordinator calls this (one writer of the group's ``zarr.json``).
+
+        The attributes are written, then the consolidated metadata again (a group opened
+        without it writes ``zarr.json`` without it); a store of versions 1 and 2 had none and
+        gets none."""
         self._group = self._group.update_attributes(attrs)  # one write, not one per key
+        if self.text_rows:
+            consolidate(self.loc)
 
 
 def _dumps(obj: Any) -> str:

@@ -1,0 +1,288 @@
+"""The compact store layout (issue 13): per sample only its boxes and the pixels inside them,
+composed with its target photograph on read, byte for byte what a full render stores."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from anomalygen import open_store
+from anomalygen.errors import ConfigError, StoreError
+from anomalygen.render import render
+from anomalygen.repair import repair_store
+from anomalygen.store import shard_key, store_info
+from anomalygen.store.patches import compose, encode, offsets, used_boxes
+from anomalygen.verify import verify_store
+from tests.test_store_digests import pinned_generator, write_photographs, write_textures
+
+N, SIZE, SHARD = 2048, 32, 64
+
+
+@pytest.fixture(scope="module")
+def photographs(tmp_path_factory) -> Path:
+    return write_photographs(tmp_path_factory.mktemp("inputs") / "photographs")
+
+
+def _render(out: Path, photographs: Path, layout: str, n: int = N, **kw) -> Path:
+    options = dict(size=SIZE, seed=11, config=pinned_generator(), shard_size=SHARD, workers=1)
+    render(out, photographs, n, layout=layout, progress=False, **{**options, **kw})
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(photographs: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """The same 2,048 samples rendered in both layouts."""
+    root = tmp_path_factory.mktemp("pair")
+    full = _render(root / "full.zarr", photographs, "full")
+    compact = _render(root / "compact.zarr", photographs, "compact")
+    return full, compact
+
+
+@pytest.fixture()
+def damaged(pair: tuple[Path, Path], tmp_path: Path) -> Path:
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(pair[1], copy)
+    return copy
+
+
+def files(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def lesioned(store_path: Path, shard: int) -> int:
+    """The first sample with lesions in ``shard``."""
+    area = open_store(store_path).checked().whole("area")
+    r = range(shard * SHARD, (shard + 1) * SHARD)
+    return next(i for i in r if area[i] > 0)
+
+
+# ------------------------------------------------------------------------------------------
+# Composed on read, byte for byte
+# ------------------------------------------------------------------------------------------
+
+
+def test_every_sample_composes_to_the_full_render(pair: tuple[Path, Path]) -> None:
+    full, compact = (open_store(p) for p in pair)
+    assert compact.layout == "compact" and full.layout == "full"
+    for s in range(full.n_shards):  # every sample, a shard at a time
+        for a, b in zip(full.read_shard(s), compact.read_shard(s), strict=True):
+            np.testing.assert_array_equal(a, b)
+    rng = np.random.default_rng(0)
+    for i in rng.choice(N, 64, replace=False):  # random access, one sample at a time
+        for a, b in zip(full[int(i)], compact[int(i)], strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert full.meta(int(i)) == compact.meta(int(i))
+    picks = [5, 2000, 64, 3]
+    for a, b in zip(full[picks], compact[picks], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(full[100:140], compact[100:140], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_arrays_besides_the_images_are_the_full_layouts(pair: tuple[Path, Path]) -> None:
+    full, compact = (zarr.open_group(str(p), mode="r", use_consolidated=False) for p in pair)
+    for name in ("target", "source", "area", "lesions", "meta", "digests", "done", "normals"):
+        np.testing.assert_array_equal(full[name][:], compact[name][:], err_msg=name)
+    assert "image" not in compact and "mask" not in compact
+    assert compact.attrs["layout"] == "compact" and "layout" not in full.attrs
+
+
+def test_a_compact_store_is_small(pair: tuple[Path, Path]) -> None:
+    full, compact = (store_info(p) for p in pair)
+    assert compact["layout"] == "compact" and compact["image_shape"] == [N, SIZE, SIZE, 3]
+    # At 32 px a lesion box is a large share of the image; at 768 px the ratio is far larger
+    # (benchmarks/bench_render.py).
+    assert compact["bytes_per_sample"] < full["bytes_per_sample"] / 2, (compact, full)
+
+
+def test_a_pickled_compact_store_reads_in_another_process(pair: tuple[Path, Path]) -> None:
+    store = open_store(pair[1])
+    again = pickle.loads(pickle.dumps(store))
+    np.testing.assert_array_equal(again[7][0], store[7][0])
+
+
+def test_verify_checks_a_compact_store(pair: tuple[Path, Path]) -> None:
+    report = verify_store(str(pair[1]), full=True)
+    assert report.ok, report.problems
+    assert report.samples_checked == N
+
+
+def test_texture_mode_composes_too(photographs: Path, tmp_path: Path) -> None:
+    textures = write_textures(tmp_path / "textures")
+    kw = dict(config=pinned_generator(source="texture", p_normal=0.25), textures=textures)
+    full = _render(tmp_path / "f.zarr", photographs, "full", n=40, shard_size=16, **kw)
+    compact = _render(tmp_path / "c.zarr", photographs, "compact", n=40, shard_size=16, **kw)
+    f, c = open_store(full), open_store(compact)
+    for i in range(40):
+        for a, b in zip(f[i], c[i], strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert verify_store(str(compact), full=True).ok
+
+
+def test_a_sample_that_changed_pixels_outside_its_boxes_is_kept_whole() -> None:
+    rng = np.random.default_rng(1)
+    normal = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    image, mask = normal.copy(), np.zeros((16, 16), np.uint8)
+    image[2:4, 2:4] = 7
+    mask[2:4, 2:4] = 1
+    meta = {"lesions": [{"target_box": [2, 2, 4, 4]}]}
+    boxes, payload = encode(image, mask, normal, meta, rows=3)
+    assert used_boxes(boxes).tolist() == [[2, 2, 4, 4]] and len(payload) == 2 * 2 * 4
+    wide = {"lesions": [{"target_box": [1, 0, 9, 6]}, {"target_box": [12, 12, 14, 14]}]}
+    boxes, payload = encode(image, mask, normal, wide, rows=3)  # shrunk to what changed
+    assert used_boxes(boxes).tolist() == [[2, 2, 4, 4]] and len(payload) == 2 * 2 * 4
+    image[10, 10] ^= 1  # outside every box
+    boxes, payload = encode(image, mask, normal, meta, rows=3)
+    assert used_boxes(boxes).tolist() == [[0, 0, 16, 16]] and len(payload) == 16 * 16 * 4
+    back = compose(normal, used_boxes(boxes), payload)
+    np.testing.assert_array_equal(back[0], image)
+    np.testing.assert_array_equal(back[1], mask)
+    assert offsets([1024, 0, 20]).tolist() == [0, 1024, 1024, 1044]
+
+
+# ------------------------------------------------------------------------------------------
+# Integrity: a lost or corrupted patch object is an error naming the sample
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_lost_patches_object_is_an_error_naming_the_sample(damaged: Path) -> None:
+    i = lesioned(damaged, 3)
+    os.unlink(damaged / shard_key("patches", 3, ndim=2))
+    with pytest.raises(StoreError) as err:
+        open_store(damaged)[i]
+    message = str(err.value)  # its mask reads as zeros: too few lesion pixels for its bytes
+    assert f"sample {i} (shard 3) is damaged: array 'patches' does not hold" in message
+    assert "object patches/c/3/0 is missing" in message and "--repair" in message
+    with pytest.raises(StoreError, match=f"sample {i} \\(shard 3\\)"):
+        open_store(damaged).read_shard(3)
+    report = verify_store(str(damaged))
+    assert "shard 3: object patches/c/3/0 is missing" in report.problems
+    assert report.damaged == {"samples": {3}}
+
+
+def test_a_corrupted_patch_byte_is_an_error(damaged: Path) -> None:
+    i = lesioned(damaged, 5)
+    path = damaged / shard_key("patches", 5, ndim=2)
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"sample {i} \\(shard 5\\) is damaged: array 'patches'"):
+        open_store(damaged)[i]
+
+
+def test_lost_boxes_are_an_error_not_a_normal_image(damaged: Path) -> None:
+    i = lesioned(damaged, 2)
+    os.unlink(damaged / shard_key("boxes", 2, ndim=3))
+    with pytest.raises(StoreError, match=f"sample {i} \\(shard 2\\) is damaged"):
+        open_store(damaged)[i]
+
+
+def test_a_sample_that_lost_all_its_objects_is_not_read_as_its_normal(damaged: Path) -> None:
+    """Boxes, byte counts and patches all lost: everything reads as zeros, which composes to
+    the target photograph itself; its digest says it is not the sample."""
+    i = lesioned(damaged, 6)
+    for name, ndim in (("boxes", 3), ("patch_bytes", 1), ("patches", 2)):
+        (damaged / shard_key(name, 6, ndim=ndim)).unlink()
+    with pytest.raises(StoreError) as err:
+        open_store(damaged)[i]
+    assert (
+        f"sample {i} (shard 6) is damaged: array 'image' composed from its patches and target "
+        "normal does not match the digest written with it (object patches/c/6/0 is missing)"
+    ) in str(err.value)
+
+
+def test_a_damaged_compact_store_is_repaired_byte_for_byte(
+    pair: tuple[Path, Path], damaged: Path
+) -> None:
+    def key(name: str, shard: int) -> Path:
+        return damaged / shard_key(name, shard, ndim=2 if name == "patches" else 3)
+
+    key("patches", 1).unlink()  # lost
+    shutil.copy(key("patches", 9), key("patches", 4))  # replaced by another shard's
+    key("boxes", 7).unlink()
+    result = repair_store(str(damaged))
+    assert result.repaired == {"samples": [1, 4, 7]} and result.ok
+    assert files(damaged) == files(pair[1])
+
+
+# ------------------------------------------------------------------------------------------
+# Options
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_resume_with_another_layout_is_refused(pair: tuple[Path, Path], tmp_path) -> None:
+    copy = tmp_path / "full.zarr"
+    shutil.copytree(pair[0], copy)
+    with pytest.raises(StoreError, match='layout "full" -> "compact"'):
+        _render(copy, Path(open_store(copy).attrs["sources"]["root"]), "compact")
+
+
+def test_an_unknown_layout_is_refused(photographs: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--layout: unknown layout 'tiny'"):
+        _render(tmp_path / "x.zarr", photographs, "tiny", n=4)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# The training data path reads a compact store as it reads a full one
+# ------------------------------------------------------------------------------------------
+
+
+def test_the_training_dataset_sees_no_difference(pair: tuple[Path, Path]) -> None:
+    torch = pytest.importorskip("torch", reason="the training extra is not installed")
+    from resynth_models.data import GeometryConfig, SyntheticDataset, worker_context
+
+    full, compact = (open_store(p) for p in pair)
+    a = SyntheticDataset(full, 32, GeometryConfig(max_rotate=20), seed=5, with_fov=True)
+    b = SyntheticDataset(compact, 32, GeometryConfig(max_rotate=20), seed=5, with_fov=True)
+    for key in [(0, 3), (1, 700), (0, 2047)]:
+        for name in ("image", "mask", "fov"):
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    keys = [[(0, k) for k in (5, 1900, 64)]]
+    loader = torch.utils.data.DataLoader(
+        b, batch_sampler=keys, num_workers=1, multiprocessing_context=worker_context()
+    )
+    (batch,) = list(loader)
+    assert torch.equal(batch["image"][1], a[(0, 1900)]["image"])
+
+
+def test_a_compact_render_is_the_same_with_two_processes(photographs: Path, tmp_path) -> None:
+    one = _render(tmp_path / "one.zarr", photographs, "compact", n=80, shard_size=16)
+    two = _render(tmp_path / "two.zarr", photographs, "compact", n=80, shard_size=16, workers=2)
+    assert files(one / "patches") == files(two / "patches")
+    assert files(one / "boxes") == files(two / "boxes")
+
+
+def test_a_layout_the_format_does_not_know_is_refused(damaged: Path) -> None:
+    group = zarr.open_group(str(damaged), mode="r+", use_consolidated=False)
+    group.attrs["format_version"] = 2
+    with pytest.raises(StoreError, match="attribute 'layout' compact needs format version 3"):
+        open_store(damaged)
+    group.attrs.update({"format_version": 3, "layout": "sparse"})
+    with pytest.raises(StoreError, match="attribute 'layout' must be one of full, compact"):
+        open_store(damaged)
+
+
+def test_an_interrupted_compact_render_resumes_byte_for_byte(
+    pair: tuple[Path, Path], photographs: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "resumed.zarr"
+    shutil.copytree(pair[1], copy)
+    group = zarr.open_group(str(copy), mode="r+", use_consolidated=False)
+    group["done"][4] = 0  # as a render killed while writing shard 4 leaves it
+    group.attrs.pop("completed")
+    (copy / shard_key("patches", 4, ndim=2)).write_bytes(b"half a shard")
+    _render(copy, photographs, "compact")
+    assert files(copy / "patches") == files(pair[1] / "patches")
+    assert verify_store(str(copy), full=True).ok
