@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from resynth_models.networks import PRESETS, ReconstructionNet, ReSynthDetect  # noqa: E402
+from resynth_models.networks import build_model  # noqa: E402
 from resynth_models.train import TrainConfig, make_optimizer, train_step  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "data" / "fundus-normal"
@@ -52,14 +52,9 @@ PHOTOS = ROOT.parent / "shared" / "data" / "fundus-normal"
 
 def bench_step(preset: str, stage: int, size: int, batch: int, steps: int, device) -> float:
     """Training samples/s of one stage."""
-    cfg = PRESETS[preset]
     torch.manual_seed(0)
-    if stage == 1:
-        model = ReconstructionNet(cfg.rec_width, cfg.rec_depth, cfg.norm).to(device)
-        params = model.parameters()
-    else:
-        model = ReSynthDetect(cfg).to(device)
-        params = model.trainable_parameters()
+    model = build_model(preset, stage).to(device)
+    params = model.parameters() if stage == 1 else model.trainable_parameters()
     opt = make_optimizer(params, TrainConfig(), device)
     x = torch.rand(batch, 3, size, size, device=device)
     masks = (torch.rand(batch, size, size, device=device) > 0.97).float()
