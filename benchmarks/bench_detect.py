@@ -214,7 +214,7 @@ def bench_row(row: Row, out: Path, force: bool) -> dict:
     done = folder / "row.json"
     if done.exists() and not force:
         result = json.loads(done.read_text())
-        if result.get("row") == asdict(row):
+        if result.get("row") == json.loads(json.dumps(asdict(row))):  # tuples read as lists
             return result
     if force and folder.exists():
         shutil.rmtree(folder)
