@@ -3,7 +3,6 @@ composed with its target photograph on read, byte for byte what a full render st
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import shutil
@@ -20,6 +19,7 @@ from anomalygen.repair import repair_store
 from anomalygen.store import shard_key, store_info
 from anomalygen.store.patches import compose, encode, offsets, used_boxes
 from anomalygen.verify import verify_store
+from tests.files import file_digests
 from tests.test_store_digests import pinned_generator, write_photographs, write_textures
 
 N, SIZE, SHARD = 2048, 32, 64
@@ -50,14 +50,6 @@ def damaged(pair: tuple[Path, Path], tmp_path: Path) -> Path:
     copy = tmp_path / "damaged.zarr"
     shutil.copytree(pair[1], copy)
     return copy
-
-
-def files(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def lesioned(store_path: Path, shard: int) -> int:
@@ -213,7 +205,7 @@ def test_a_damaged_compact_store_is_repaired_byte_for_byte(
     key("boxes", 7).unlink()
     result = repair_store(str(damaged))
     assert result.repaired == {"samples": [1, 4, 7]} and result.ok
-    assert files(damaged) == files(pair[1])
+    assert file_digests(damaged) == file_digests(pair[1])
 
 
 # ------------------------------------------------------------------------------------------
@@ -260,8 +252,8 @@ def test_the_training_dataset_sees_no_difference(pair: tuple[Path, Path]) -> Non
 def test_a_compact_render_is_the_same_with_two_processes(photographs: Path, tmp_path) -> None:
     one = _render(tmp_path / "one.zarr", photographs, "compact", n=80, shard_size=16)
     two = _render(tmp_path / "two.zarr", photographs, "compact", n=80, shard_size=16, workers=2)
-    assert files(one / "patches") == files(two / "patches")
-    assert files(one / "boxes") == files(two / "boxes")
+    assert file_digests(one / "patches") == file_digests(two / "patches")
+    assert file_digests(one / "boxes") == file_digests(two / "boxes")
 
 
 def test_a_layout_the_format_does_not_know_is_refused(damaged: Path) -> None:
@@ -284,5 +276,5 @@ def test_an_interrupted_compact_render_resumes_byte_for_byte(
     group.attrs.pop("completed")
     (copy / shard_key("patches", 4, ndim=2)).write_bytes(b"half a shard")
     _render(copy, photographs, "compact")
-    assert files(copy / "patches") == files(pair[1] / "patches")
+    assert file_digests(copy / "patches") == file_digests(pair[1] / "patches")
     assert verify_store(str(copy), full=True).ok

@@ -3,7 +3,6 @@ converted store's arrays are byte for byte a render of the same command in that 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ from anomalygen.render import render
 from anomalygen.store import shard_key
 from anomalygen.verify import verify_store
 from anomalygen_cli.anomalygen_cli import main as anomalygen_main
+from tests.files import file_digests
 from tests.synthetic import run_cli
 from tests.test_store_digests import pinned_generator, write_photographs
 from tests.test_store_readers import FIXTURE_V2
@@ -52,11 +52,7 @@ def renders(photographs: Path, tmp_path_factory) -> dict[str, Path]:
 
 def array_objects(path: Path) -> dict[str, str]:
     """Every object of every array (names and sha256): all but the group's zarr.json."""
-    return {
-        p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.relative_to(path).as_posix() != "zarr.json"
-    }
+    return {name: digest for name, digest in file_digests(path).items() if name != "zarr.json"}
 
 
 def same_content(a: Path, b: Path) -> None:

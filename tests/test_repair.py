@@ -4,7 +4,6 @@ come out different are refused with one line before anything is written (issue 1
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ from anomalygen.repair import repair_store
 from anomalygen.store import shard_key
 from anomalygen.verify import verify_store
 from anomalygen_cli.anomalygen_cli import main as anomalygen_main
+from tests.files import file_digests
 from tests.synthetic import run_cli, write_sources
 
 N, SIZE, SHARD = 20, 32, 4
@@ -40,15 +40,6 @@ def damaged(reference: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "damaged.zarr"
     shutil.copytree(reference, copy)
     return copy
-
-
-def files(folder: Path) -> dict[str, str]:
-    """Every file of a store: its name and sha256."""
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def key(name: str, shard: int) -> str:
@@ -76,11 +67,11 @@ def damage(store: Path) -> None:
 
 def test_repair_gives_a_byte_identical_store(reference: Path, damaged: Path) -> None:
     damage(damaged)
-    assert files(damaged) != files(reference)
+    assert file_digests(damaged) != file_digests(reference)
     result = repair_store(str(damaged))
     assert result.repaired == {"samples": [0, 1, 2, 3], "normals": [0]}
     assert result.ok and result.after is not None and result.after.ok
-    assert files(damaged) == files(reference)
+    assert file_digests(damaged) == file_digests(reference)
     assert result.summary() == (
         f"{damaged}: repaired 4 sample shards (0, 1, 2, 3) and 1 normals shard (0); the store is OK"
     )
@@ -99,7 +90,7 @@ def test_the_cli_repairs_and_says_what(reference: Path, damaged: Path, monkeypat
     assert out.strip().splitlines()[-1] == (
         f"{damaged}: repaired 1 sample shard (4); the store is OK"
     )
-    assert files(damaged) == files(reference)
+    assert file_digests(damaged) == file_digests(reference)
 
 
 def test_a_truncated_shard_is_repaired(reference: Path, damaged: Path) -> None:
@@ -108,14 +99,14 @@ def test_a_truncated_shard_is_repaired(reference: Path, damaged: Path) -> None:
     path = damaged / key("image", 3)
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     assert repair_store(str(damaged)).ok
-    assert files(damaged) == files(reference)
+    assert file_digests(damaged) == file_digests(reference)
 
 
 def test_repair_with_two_workers(reference: Path, damaged: Path) -> None:
     for shard in (0, 2, 3):
         (damaged / key("image", shard)).unlink()
     assert repair_store(str(damaged), workers=2).ok
-    assert files(damaged) == files(reference)
+    assert file_digests(damaged) == file_digests(reference)
 
 
 def test_an_interrupted_render_is_completed(src: Path, reference: Path, damaged: Path) -> None:
@@ -126,8 +117,8 @@ def test_an_interrupted_render_is_completed(src: Path, reference: Path, damaged:
     result = repair_store(str(damaged))
     assert result.repaired == {"samples": [3]} and result.ok
     assert zarr.open_group(str(damaged), mode="r").attrs["completed"]
-    arrays = {k: v for k, v in files(damaged).items() if k != "zarr.json"}
-    assert arrays == {k: v for k, v in files(reference).items() if k != "zarr.json"}
+    arrays = {k: v for k, v in file_digests(damaged).items() if k != "zarr.json"}
+    assert arrays == {k: v for k, v in file_digests(reference).items() if k != "zarr.json"}
 
 
 def test_a_changed_source_is_refused_before_anything_is_written(
@@ -138,13 +129,13 @@ def test_a_changed_source_is_refused_before_anything_is_written(
     (damaged / key("normals", 0)).unlink()
     (damaged / key("image", 1)).unlink()
     (moved / "normal_1.png").write_bytes((moved / "normal_1.png").read_bytes() + b"\0")
-    before = files(damaged)
+    before = file_digests(damaged)
     with pytest.raises(StoreError) as err:
         repair_store(str(damaged), src=moved)
     message = str(err.value)
     assert message.startswith(f"{moved / 'normal_1.png'}: the source photograph changed since")
     assert "nothing was written" in message and "\n" not in message
-    assert files(damaged) == before
+    assert file_digests(damaged) == before
     (moved / "normal_1.png").unlink()
     with pytest.raises(StoreError, match=r"normal_1\.png: the source photograph to prepare again"):
         repair_store(str(damaged), src=moved)
@@ -158,13 +149,13 @@ def test_a_shard_that_would_come_out_different_is_not_written(damaged: Path) -> 
     (damaged / key("image", 1)).unlink()
     group = zarr.open_group(str(damaged), mode="r+")
     group.attrs["seed"] = 1
-    before = files(damaged)
+    before = file_digests(damaged)
     with pytest.raises(StoreError) as err:
         repair_store(str(damaged))
     message = str(err.value)
     assert "shard 1 made again differs from what the store recorded" in message
     assert "nothing was written" in message and "\n" not in message
-    assert files(damaged) == before
+    assert file_digests(damaged) == before
 
 
 def test_another_version_is_refused(damaged: Path, monkeypatch) -> None:

@@ -9,7 +9,6 @@ their column dimensions alike with different lengths).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import warnings
@@ -27,6 +26,7 @@ from anomalygen.store import shard_key, store_info
 from anomalygen.store.format import FORMAT_VERSION
 from anomalygen.store.text import decode_texts, encode_texts, meta_bytes
 from anomalygen.verify import verify_store
+from tests.files import file_digests
 from tests.test_store_digests import pinned_generator, write_photographs, write_textures
 
 #: A version-2 store rendered by the code before format version 3 (commit 58a6778) with
@@ -160,14 +160,6 @@ def test_a_lost_array_is_missing_for_our_readers_despite_the_consolidated_metada
 # ------------------------------------------------------------------------------------------
 
 
-def files(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def test_a_version_2_store_reads_as_the_same_render_in_version_3(
     photographs: Path, tmp_path: Path
 ) -> None:
@@ -199,4 +191,6 @@ def test_a_damaged_version_2_store_is_repaired_byte_for_byte(tmp_path: Path) -> 
         open_store(copy).meta(4)
     result = repair_store(str(copy))
     assert result.repaired == {"samples": [1]} and result.ok
-    assert files(copy) == files(FIXTURE_V2)  # strings again, and still no consolidated metadata
+    assert file_digests(copy) == file_digests(
+        FIXTURE_V2
+    )  # strings again, and still no consolidated metadata
