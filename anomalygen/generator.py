@@ -583,7 +583,9 @@ def _fuse(
     if lesion.tone is not None:
         tone = lesion.tone
         channels = tone.get("channels", config.tone.channels)
-        C_s = apply_tone(C_s, C_t, P, tone["delta"], tone["texture"], channels)
+        C_s = apply_tone(
+            C_s, C_t, P, tone["delta"], tone["texture"], channels, tone.get("target_texture", 0.0)
+        )
     if config.blend == "paste":
         return paste(C_s, C_t, P)
     W = distance_weights(P, config.alpha if lesion.alpha is None else lesion.alpha)

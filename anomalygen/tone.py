@@ -12,13 +12,16 @@ exudates +24/+27/+21; see ``benchmarks/lesion_stats.py``.
 
 The tone step sets the lesion's colour from the target crop C_t instead, before the self-mix:
 
-    C_s' = mean_P(C_t) + k * (C_s - mean_P(C_s)) + delta * c
+    C_s' = mean_P(C_t) + k * (C_s - mean_P(C_s)) + k_t * (C_t - mean_P(C_t)) + delta * c
 
 - ``mean_P`` is the mean colour over the lesion mask P (per channel): the lesion starts from the
   colour of the retina it lies on, so no camera or hue difference between the two photographs
   shows;
 - ``k`` in [0, 1] keeps part of C_s's own texture (vessels, choroid, the augmentations' texture
   changes): the paper's "texture from another normal photograph";
+- ``k_t`` in [0, 1] (off unless ``target_texture`` is set) keeps part of the retina's own
+  texture under the lesion, as vessels show through a haemorrhage or beside an exudate; at
+  k = 0, k_t = 1 the lesion is a pure tone shift of C_t;
 - ``delta`` (levels, negative for a dark lesion) and the channel weights ``c`` give the lesion
   its tone.
 
@@ -61,9 +64,12 @@ class ToneConfig:
     # k, uniform in this range: how much of C_s's texture the lesion keeps (0: a flat tone).
     # Ours: at most half of it (real lesions are nearly uniform at 256 px).
     texture: tuple[float, float] = (0.0, 0.5)
+    # k_t, uniform in this range: how much of C_t's own texture the lesion keeps (None: none,
+    # the lesion replaces the retina under it, as in the paper's self-mix).
+    target_texture: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("dark", "bright", "texture", "channels"):
+        for name in ("dark", "bright", "texture", "channels", "target_texture"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -79,6 +85,12 @@ class ToneConfig:
                 raise ConfigError(
                     f"tone.{name}: need 0 <= low <= high <= {hi:g}, got {lo_v}, {hi_v}"
                 )
+        if self.target_texture is not None:
+            lo_v, hi_v = self.target_texture
+            if not 0.0 <= lo_v <= hi_v <= 1.0:
+                raise ConfigError(
+                    f"tone.target_texture: need 0 <= low <= high <= 1, got {lo_v}, {hi_v}"
+                )
         if not 0.0 <= self.channel_jitter < 1.0:
             raise ConfigError(f"tone.channel_jitter: must be in [0, 1), got {self.channel_jitter}")
         if len(self.channels) != 3 or not all(0.0 <= c <= 2.0 for c in self.channels):
@@ -87,7 +99,8 @@ class ToneConfig:
 
 def draw_tone(rng: np.random.Generator, config: ToneConfig) -> dict:
     """The values of one lesion's tone: ``{"delta": levels, "texture": k}``, plus the jittered
-    ``"channels"`` with ``config.channel_jitter`` (three draws, plus three with the jitter)."""
+    ``"channels"`` with ``config.channel_jitter`` and ``"target_texture"`` (k_t) with
+    ``config.target_texture`` (three draws, plus three with the jitter, plus one with k_t)."""
     u = rng.random(3)
     dark = bool(u[0] < config.p_dark)
     lo, hi = config.dark if dark else config.bright
@@ -101,6 +114,9 @@ def draw_tone(rng: np.random.Generator, config: ToneConfig) -> dict:
         j = config.channel_jitter
         factors = 1.0 + j * (2.0 * rng.random(3) - 1.0)
         drawn["channels"] = [float(c * f) for c, f in zip(config.channels, factors, strict=True)]
+    if config.target_texture is not None:
+        lo, hi = config.target_texture
+        drawn["target_texture"] = lo + (hi - lo) * float(rng.random())
     return drawn
 
 
@@ -111,8 +127,10 @@ def apply_tone(
     delta: float,
     texture: float,
     channels: tuple[float, float, float] = (1.0, 1.0, 0.75),
+    target_texture: float = 0.0,
 ) -> np.ndarray:
-    """C_s' = mean_P(C_t) + texture * (C_s - mean_P(C_s)) + delta * channels, rounded to uint8.
+    """C_s' = mean_P(C_t) + texture * (C_s - mean_P(C_s)) + target_texture * (C_t - mean_P(C_t))
+    + delta * channels, rounded to uint8.
 
     ``C_s``, ``C_t``: (h, w, 3) uint8 crops of equal shape; ``P``: (h, w) lesion mask, not empty
     (means are taken over it). Returns a new (h, w, 3) uint8 array; inputs are not modified.
@@ -127,11 +145,12 @@ def apply_tone(
         raise ValueError("tone: the lesion mask P is empty")
     mean_s = C_s[inside].sum(axis=0, dtype=np.float64) / n
     mean_t = C_t[inside].sum(axis=0, dtype=np.float64) / n
-    offset = (mean_t - texture * mean_s + delta * np.asarray(channels, dtype=np.float64)).astype(
-        np.float32
-    )
+    shift = delta * np.asarray(channels, dtype=np.float64)
+    offset = ((1.0 - target_texture) * mean_t - texture * mean_s + shift).astype(np.float32)
     out = C_s.astype(np.float32)
     out *= np.float32(texture)
+    if target_texture:  # only then: the bits of lesions without k_t stay as they were
+        out += np.float32(target_texture) * C_t.astype(np.float32)
     out += offset
     out += np.float32(0.5)
     np.clip(out, 0.0, 255.0, out=out)

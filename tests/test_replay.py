@@ -98,6 +98,7 @@ def test_normal_and_anomalous_samples_replay(preset: str) -> None:
         {"alpha_range": None, "alpha": 0.4},
         {"tone": ToneConfig(mode="source")},
         {"tone": ToneConfig(channel_jitter=0.3)},
+        {"tone": ToneConfig(target_texture=(0.0, 1.0))},
         {"augment": AugmentConfig(n_ops=0)},
         {"augment": AugmentConfig(n_ops=7, ops=tuple(OPS))},
     ],

@@ -91,6 +91,7 @@ PAPER_GENERATOR: dict[str, Any] = {
         "channels": [1.0, 1.0, 0.75],
         "texture": [0.0, 1.0],
         "channel_jitter": 0.0,
+        "target_texture": None,
     },
 }
 

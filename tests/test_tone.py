@@ -40,6 +40,29 @@ def test_full_texture_keeps_the_source_pattern_around_the_target_mean() -> None:
     assert not (C_s != C_s.copy()).any()  # inputs untouched
 
 
+def test_target_texture_keeps_the_retina_under_the_lesion() -> None:
+    rng = np.random.default_rng(3)
+    C_s = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    C_t = rng.integers(60, 200, (6, 6, 3), dtype=np.uint8)
+    P = np.ones((6, 6), np.uint8)
+    shifted = apply_tone(C_s, C_t, P, -15.0, 0.0, (1.0, 1.0, 1.0), target_texture=1.0)
+    assert np.abs(shifted.astype(int) - (C_t.astype(int) - 15)).max() <= 1  # a pure tone shift
+    half = apply_tone(C_s, C_t, P, 0.0, 0.0, target_texture=0.5).astype(float)
+    spread_t = (C_t - C_t.mean(axis=(0, 1))).std()
+    assert 0.4 * spread_t < (half - half.mean(axis=(0, 1))).std() < 0.6 * spread_t
+    flat = apply_tone(C_s, C_t, P, 0.0, 0.0, target_texture=0.0)
+    assert (flat == flat[0, 0]).all()  # k_t = 0 is the flat tone of before
+
+
+def test_target_texture_is_drawn_only_where_configured() -> None:
+    plain = draw_tone(np.random.default_rng(4), ToneConfig())
+    assert "target_texture" not in plain
+    drawn = [draw_tone(np.random.default_rng(i), ToneConfig(target_texture=(0.3, 0.8)))
+             for i in range(40)]  # fmt: skip
+    assert all(0.3 <= t["target_texture"] <= 0.8 for t in drawn)
+    assert drawn[0]["delta"] == draw_tone(np.random.default_rng(0), ToneConfig())["delta"]
+
+
 def test_tone_saturates_and_checks_its_inputs() -> None:
     C = np.full((3, 3, 3), 250, np.uint8)
     P = np.ones((3, 3), np.uint8)
@@ -65,7 +88,7 @@ def test_draw_tone_follows_its_config() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"mode": "magic"}, {"p_dark": 1.5}, {"dark": (9, 3)}, {"texture": (0, 2)},
-     {"channels": (1, 1)}, {"channels": (1, 1, 3)}],
+     {"channels": (1, 1)}, {"channels": (1, 1, 3)}, {"target_texture": (0.5, 1.5)}],
 )  # fmt: skip
 def test_invalid_tone_configs_raise(kwargs: dict) -> None:
     with pytest.raises(ConfigError, match="tone"):
