@@ -5,7 +5,7 @@ Stage 1 (paper 3.1): the L2 reconstruction loss of Eq. 1 over the whole image: i
 black border outside the field of view (FOV), as the paper writes it; D_r learns that border in
 a few steps, after which it only scales the loss by the FOV's share of the image (pi/4 for a
 full circle), so masking it would change only the learning rate's meaning. Stage 2 (paper
-3.2): the focal loss of Eq. 2 (tau = 2).
+3.2): the focal loss of Eq. 2 (tau = 2, ``TrainConfig.focal_tau``).
 
 AdamW: the paper's learning rates (5e-5) are Adam-sized (DRAEM, the paper's base, uses Adam);
 AdamW's decoupled weight decay keeps the decay independent of Adam's per-weight step sizes
@@ -26,7 +26,8 @@ from resynth_models.train_config import TrainConfig
 
 __all__ = ["FOCAL_TAU", "autocast", "make_optimizer", "train_step"]
 
-FOCAL_TAU = 2.0  # paper Eq. 2
+FOCAL_TAU = TrainConfig.focal_tau  # paper Eq. 2 (the config's default)
+_DEFAULTS = TrainConfig()
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
@@ -43,21 +44,22 @@ def train_step(
     stage: int,
     autocast_dtype: torch.dtype | None = None,
     scaler: Any = None,
-    grad_clip: float = 1.0,
+    config: TrainConfig = _DEFAULTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a batch; returns (loss, gradient norm) as tensors (no GPU sync).
 
     ``images`` (B, 3, H, W) float in [0, 1]. Stage 1: ``model`` is the ReconstructionNet and the
     loss is Eq. 1 between D_r(E_r(I)) and I. Stage 2: ``model`` is ReSynthDetect (or its DDP
     wrapper), ``masks`` M_G (B, H, W) in {0, 1} and the loss is the focal loss of Eq. 2.
-    ``grad_clip`` 0 computes the norm without clipping. ``scaler``: a GradScaler for fp16.
+    From ``config``: ``grad_clip`` (0 computes the norm without clipping) and ``focal_tau``
+    (Eq. 2's tau). ``scaler``: a GradScaler for fp16.
     """
     with autocast(images.device, autocast_dtype):
         out = model(images)
     if stage == 1:
         loss = reconstruction_loss(out, images)
     else:
-        loss = focal_loss(out, masks, tau=FOCAL_TAU)
+        loss = focal_loss(out, masks, tau=config.focal_tau)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -65,7 +67,7 @@ def train_step(
     else:
         loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or math.inf)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

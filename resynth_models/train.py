@@ -393,7 +393,7 @@ def _loop(ctx: _Run, st: _Stage) -> None:
                     stage=st.stage,
                     autocast_dtype=ctx.amp_dtype,
                     scaler=st.scaler,
-                    grad_clip=config.grad_clip,
+                    config=config,
                 )
                 st.step += 1
                 window.add(loss)
@@ -449,7 +449,9 @@ def _log_window(ctx: _Run, st: _Stage, window: _Window, lr: float, grad_norm: fl
 
 def _validate(ctx: _Run, st: _Stage, stop: StopRequest) -> None:
     try:
-        st.validation = validate(st.model, st.val_loader, ctx.device, ctx.amp_dtype, ctx.dist)
+        st.validation = validate(
+            st.model, st.val_loader, ctx.device, ctx.amp_dtype, ctx.dist, ctx.config.focal_tau
+        )
     except Exception:
         if not stop.requested:
             raise

@@ -55,6 +55,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW (torch's defaults)
     weight_decay: float = 0.01  # AdamW, convolution weights only (torch's AdamW default)
     grad_clip: float = 1.0  # max global gradient norm, 0 = off (nanoGPT's)
+    focal_tau: float = 2.0  # stage 2: the focal loss's tau (paper Eq. 2); 0 = cross-entropy
     amp: str = "auto"  # "auto" (bf16 on a GPU that has it, else off) | "bf16" | "fp16" | "off"
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     workers: int = 4  # DataLoader processes (0: in the training process); ours: a worker reads
@@ -94,6 +95,8 @@ class TrainConfig:
         parse_duration(self.warmup, "--warmup")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay: must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.focal_tau <= 10.0:
+            raise ConfigError(f"--focal-tau: must be in [0, 10], got {self.focal_tau}")
         if self.grad_clip < 0:
             raise ConfigError(f"--grad-clip: must be >= 0 (0 = off), got {self.grad_clip}")
         if self.amp not in AMPS:

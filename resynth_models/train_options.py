@@ -120,6 +120,8 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
                 panel=SCHEDULE),
     TrainOption("grad_clip", "--grad-clip", "Max gradient norm, 0 = off (default 1.0).", float,
                 panel=SCHEDULE),
+    TrainOption("focal_tau", "--focal-tau", "Stage 2: the focal loss's tau (paper Eq. 2: 2; 0 = "
+                "binary cross-entropy).", float, panel=SCHEDULE),
     TrainOption("seed", "--seed", "Seed of init, data order, augmentation (default 0)."),
     TrainOption("augment", "--no-augment", "No flips, rotations or zoom.", bool, panel=SCHEDULE,
                 switch=True, name="no_augment", parse=_no_augment),

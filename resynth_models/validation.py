@@ -24,9 +24,10 @@ def validate(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     dist: Dist,
+    focal_tau: float = FOCAL_TAU,
 ) -> dict[str, Any]:
-    """Pixel AUROC / AUPR (and the focal loss) on the held-out shards, inside each sample's
-    field of view, with :class:`~resynth_models.metrics.PixelMetrics`."""
+    """Pixel AUROC / AUPR (and the focal loss at ``focal_tau``) on the held-out shards, inside
+    each sample's field of view, with :class:`~resynth_models.metrics.PixelMetrics`."""
     model.eval()
     metrics = PixelMetrics()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -35,7 +36,7 @@ def validate(
         images, masks = to_device(batch, device)
         with autocast(device, amp_dtype):
             logits = model(images)
-        loss_sum += focal_loss(logits, masks, tau=FOCAL_TAU).double() * len(images)
+        loss_sum += focal_loss(logits, masks, tau=focal_tau).double() * len(images)
         count += len(images)
         probs = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
         metrics.update(probs, batch["mask"].numpy(), valid=batch["fov"].numpy())

@@ -50,7 +50,8 @@ def test_presets_and_operational_fields_come_from_the_table() -> None:
 GIVEN = {
     "--stage": "1", "--size": "48", "--upsample": None, "--batch-size": "3", "--steps": "7",
     "--stage1-steps": "5", "--lr": "0.002", "--min-lr": "0.001", "--warmup": "3",
-    "--weight-decay": "0.5", "--grad-clip": "2", "--seed": "9", "--no-augment": None,
+    "--weight-decay": "0.5", "--grad-clip": "2", "--focal-tau": "1.5", "--seed": "9",
+    "--no-augment": None,
     "--photometric/--no-photometric": "--photometric", "--rec-features": "image",
     "--rec-width": "6", "--rec-depth": "3", "--loc-width": "10", "--loc-depth": "3",
     "--local-contrast": "0.25,0.5", "--device": "cpu", "--amp": "off",
