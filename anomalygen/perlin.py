@@ -189,8 +189,19 @@ class PerlinConfig:
     # lesion (measured in benchmarks/bench_detect.py). 0 is DRAEM's and the paper's noise, cut
     # by the crop; 1 fades from the centre. Ours: 0.5.
     taper: float = 0.5
+    # Ours, off by default (None: DRAEM's exponents, drawn independently per axis): the most
+    # the two axes' exponents k may differ. Independent exponents make streaks up to 32 times
+    # longer than wide, which look like vessel segments, not lesions; 0 or 1 keeps blobs round
+    # or oval (the crop's aspect still elongates them up to 2x).
+    max_anisotropy: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_anisotropy is not None and not (
+            isinstance(self.max_anisotropy, int) and self.max_anisotropy >= 0
+        ):
+            raise ConfigError(
+                f"perlin.max_anisotropy: must be an integer >= 0 or None, got {self.max_anisotropy}"
+            )
         lo, hi = self.scale_exp
         if not (0 <= lo <= hi <= 10):
             raise ConfigError(f"perlin.scale_exp: need 0 <= low <= high <= 10, got {lo}, {hi}")
@@ -210,11 +221,23 @@ class PerlinConfig:
 _FALLBACK_RATIO = 0.5
 
 
-def _periods(side: int, rng: np.random.Generator, config: PerlinConfig) -> int:
+def _exponent(rng: np.random.Generator, config: PerlinConfig) -> int:
     lo, hi = config.scale_exp
-    k = lo + int(rng.random() * (hi - lo + 1))  # uniform lo..hi (see _grid_noise's draws)
-    cap = max(1, int(side // config.min_period))
-    return min(2**k, cap)
+    return lo + int(rng.random() * (hi - lo + 1))  # uniform lo..hi (see _grid_noise's draws)
+
+
+def _periods(side: int, k: int, config: PerlinConfig) -> int:
+    """Periods across an axis of ``side`` pixels: 2**k, capped by ``config.min_period``."""
+    return min(2**k, max(1, int(side // config.min_period)))
+
+
+def _axis_exponents(rng: np.random.Generator, config: PerlinConfig) -> tuple[int, int]:
+    """k per axis (y, x); with ``config.max_anisotropy`` the x exponent is clipped to within
+    it of the y exponent (the same two draws either way)."""
+    ky, kx = _exponent(rng, config), _exponent(rng, config)
+    if config.max_anisotropy is not None:
+        kx = min(max(kx, ky - config.max_anisotropy), ky + config.max_anisotropy)
+    return ky, kx
 
 
 def _axis_window(n: int, taper: float) -> np.ndarray:
@@ -250,7 +273,8 @@ def perlin_mask(
     window = edge_window((h, w), config.taper) if config.taper > 0 else None
     noise = None
     for _ in range(config.max_draws):
-        res = (_periods(h, rng, config), _periods(w, rng, config))
+        ky, kx = _axis_exponents(rng, config)
+        res = (_periods(h, ky, config), _periods(w, kx, config))
         rotation = 0
         # With equal periods in pixels the pattern is isotropic (up to lattice artefacts), so
         # only anisotropic noise is turned.

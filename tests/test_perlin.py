@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -208,3 +209,23 @@ def test_unreachable_threshold_still_gives_a_mask() -> None:
 def test_invalid_config_raises(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         PerlinConfig(**kwargs)
+
+
+def _elongations(config: PerlinConfig, n: int = 120) -> np.ndarray:
+    """sqrt of the eigenvalue ratio of each blob's pixel covariance (1: round)."""
+    out = []
+    for seed in range(n):
+        mask = perlin_mask((96, 96), np.random.default_rng(seed), config)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
+        for j in range(1, count):
+            if stats[j, cv2.CC_STAT_AREA] >= 20:
+                ev = np.linalg.eigvalsh(np.cov(np.vstack(np.nonzero(labels == j))))
+                out.append(np.sqrt(ev[1] / max(ev[0], 1e-6)))
+    return np.asarray(out)
+
+
+def test_max_anisotropy_keeps_blobs_round() -> None:
+    free, capped = _elongations(PerlinConfig()), _elongations(PerlinConfig(max_anisotropy=1))
+    assert np.quantile(free, 0.9) > 5.0 > 4.5 > np.quantile(capped, 0.9)  # streaks are gone
+    with pytest.raises(ConfigError, match="max_anisotropy"):
+        PerlinConfig(max_anisotropy=-1)

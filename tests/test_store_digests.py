@@ -63,6 +63,7 @@ PAPER_GENERATOR: dict[str, Any] = {
         "rotate": True,
         "max_draws": 4,
         "taper": 0.0,
+        "max_anisotropy": None,
     },
     "augment": {
         "n_ops": 3,
