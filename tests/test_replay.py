@@ -22,6 +22,7 @@ from anomalygen.generator import (
     generator_preset,
     sample_rng,
 )
+from anomalygen.perlin import PerlinConfig
 from anomalygen.rebuild import replay, replay_sample
 from anomalygen.render import render
 from anomalygen.tone import ToneConfig
@@ -99,6 +100,7 @@ def test_normal_and_anomalous_samples_replay(preset: str) -> None:
         {"tone": ToneConfig(mode="source")},
         {"tone": ToneConfig(channel_jitter=0.3)},
         {"tone": ToneConfig(target_texture=(0.0, 1.0))},
+        {"perlin": PerlinConfig(max_anisotropy=1)},
         {"augment": AugmentConfig(n_ops=0)},
         {"augment": AugmentConfig(n_ops=7, ops=tuple(OPS))},
     ],
