@@ -201,9 +201,7 @@ def resize_mask(mask: np.ndarray, size: int, *, any_part: bool = False) -> np.nd
 
 
 def _image_tensor(image: np.ndarray) -> torch.Tensor:
-    """(3, S, S), a view of the (S, S, 3) image: collating a batch copies it once into place
-    (a contiguous copy here was a second one of every image, 0.4 ms an item at 768 px)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 def _mask_tensor(mask: np.ndarray) -> torch.Tensor:
