@@ -531,12 +531,21 @@ def _crop_size(
 
 
 def paint_lesions(
-    target: np.ndarray, source: np.ndarray, lesions: list[Lesion], config: GeneratorConfig
+    target: np.ndarray,
+    source: np.ndarray,
+    lesions: list[Lesion],
+    config: GeneratorConfig,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> SyntheticSample:
     """The sample (I_G, M_G, meta) that ``lesions`` make on a copy of ``target`` (none: a normal
-    sample). Pure: draws nothing, modifies no input."""
-    image = target.copy()
-    mask = np.zeros(target.shape[:2], dtype=np.uint8)
+    sample). Pure: draws nothing, modifies no input. ``out``: (H, W, 3) and (H, W) uint8 arrays
+    to make I_G and M_G in (a render's shard buffers: one copy of the target instead of two)."""
+    if out is None:
+        image, mask = target.copy(), np.zeros(target.shape[:2], dtype=np.uint8)
+    else:
+        image, mask = out
+        np.copyto(image, target)
+        mask[...] = 0
     if not lesions:
         return SyntheticSample(image, mask, {"normal": True, "area": 0, "lesions": []})
     area = 0  # counted lesion by lesion: no full-image pass
@@ -609,6 +618,7 @@ class AnomalyGenerator:
         rng: np.random.Generator,
         fov: np.ndarray | None = None,
         source_fov: np.ndarray | None = None,
+        out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> SyntheticSample:
         """One sample from a target image I_t and a source image I_s.
 
@@ -619,9 +629,10 @@ class AnomalyGenerator:
         arrays of the wrong shape or dtype, or when no lesion can be placed because ``fov`` is
         empty.
 
-        The sample is :func:`draw_lesions` (every random draw) then :func:`paint_lesions` (pure).
+        The sample is :func:`draw_lesions` (every random draw) then :func:`paint_lesions` (pure;
+        ``out``: the arrays it makes I_G and M_G in, which the sample's image and mask are).
         """
         cfg = self.config
         source_fov = check_inputs(target, source, fov, source_fov, cfg.source)
         lesions = draw_lesions(rng, cfg, target.shape[:2], source.shape[:2], fov, source_fov)
-        return paint_lesions(target, source, lesions, cfg)
+        return paint_lesions(target, source, lesions, cfg, out)

@@ -59,7 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 #: The render every family starts from: 192 samples of 64 px in 24 shards of 8 (a few seconds).
-RENDER = ["--n", "192", "--size", "64", "--shard-size", "8", "--quiet"]
+#: The full layout: the damage families below break the ``image`` and ``mask`` arrays.
+RENDER = ["--n", "192", "--size", "64", "--shard-size", "8", "--layout", "full", "--quiet"]
 #: Tiny training: networks of width 4 and depth 3 at 32 px, 40 steps a stage, checkpoints every
 #: 5, the DataLoader in the training process, validation at the end of stage 2.
 TRAIN = {"--preset": "small", "--size": "32", "--batch-size": "2", "--steps": "40",

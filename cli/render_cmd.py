@@ -157,9 +157,10 @@ def render(
         str,
         typer.Option(
             "--layout",
-            help="full: every image and mask; compact: only the pixels inside the lesion boxes, "
-            "composed with the target photograph on read (far smaller, faster to write; "
-            "`anomalygen convert` makes a full copy for tools that read the image arrays).",
+            help="compact (the default): only the pixels inside the lesion boxes, composed "
+            "with the target photograph on read (1/100 of the disk or less, faster to write); "
+            "full: every image and mask, for tools that read the image arrays themselves "
+            "(`anomalygen convert` makes a full copy of a compact store).",
             rich_help_panel=STORE,
         ),
     ] = DEFAULT_LAYOUT,

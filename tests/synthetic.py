@@ -83,5 +83,16 @@ def render_tiny_store(
     for k in range(photos):
         Image.fromarray(make_fundus(96 + 16 * k, seed=k, cut=k in cut)).save(src / f"n{k}.png")
     out = root / "synth.zarr"
-    render(out, src, n, size=64, seed=0, workers=1, shard_size=4, progress=False, config=config)
+    render(
+        out,
+        src,
+        n,
+        size=64,
+        seed=0,
+        workers=1,
+        shard_size=4,
+        progress=False,
+        config=config,
+        layout="full",
+    )
     return out

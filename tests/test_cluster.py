@@ -55,7 +55,7 @@ def assert_same_objects(a: st.StoreLocation, b: st.StoreLocation) -> None:
 
 
 def _render(out, src, **kwargs):
-    options = {"size": SIZE, "shard_size": SHARD, "workers": 1, "progress": False}
+    options = {"size": SIZE, "shard_size": SHARD, "workers": 1, "progress": False, "layout": "full"}
     options.update(kwargs)
     return render(str(out), src, options.pop("n", N), **options)
 
@@ -161,7 +161,8 @@ def test_ctrl_c_stops_a_local_cluster_render_cleanly(sources, tmp_path) -> None:
     import signal
 
     n, out, local = 400, tmp_path / "ctrlc.zarr", tmp_path / "local.zarr"
-    args = ["render", "--src", sources, "--n", n, "--size", SIZE, "--shard-size", SHARD]
+    args = ["render", "--src", sources, "--n", n, "--size", SIZE, "--shard-size", SHARD, "--layout"]
+    args += ["full"]
     args += ["--out", out, "--scheduler", "local", "--workers", 2, "-q"]
     # The command as a terminal starts it: Ctrl-C raises KeyboardInterrupt. (A test run started
     # in the background, as CI may be, hands its children SIGINT ignored.)
@@ -374,7 +375,8 @@ def test_cli_renders_on_a_local_cluster(sources, reference, tmp_path, monkeypatc
     from anomalygen_cli.anomalygen_cli import main
 
     out = tmp_path / "cli.zarr"
-    args = ["render", "--src", sources, "--n", N, "--size", SIZE, "--shard-size", SHARD]
+    args = ["render", "--src", sources, "--n", N, "--size", SIZE, "--shard-size", SHARD, "--layout"]
+    args += ["full"]
     args += ["--out", out, "--scheduler", "local", "--workers", 2, "-q"]
     code, stdout, err = run_cli(main, "anomalygen", monkeypatch, capsys, *args)
     assert code == 0, err

@@ -143,6 +143,61 @@ def test_a_sample_that_changed_pixels_outside_its_boxes_is_kept_whole() -> None:
     assert offsets([1024, 0, 20]).tolist() == [0, 1024, 1024, 1044]
 
 
+def _tight_boxes(lesions: list[dict], mask: np.ndarray) -> np.ndarray:
+    """Each lesion's box shrunk to the mask's pixels inside it (boxes without any dropped)."""
+    out = []
+    for y0, x0, y1, x1 in (lesion["target_box"] for lesion in lesions):
+        ys, xs = np.nonzero(mask[y0:y1, x0:x1])
+        if len(ys):
+            out.append([y0 + ys.min(), x0 + xs.min(), y0 + ys.max() + 1, x0 + xs.max() + 1])
+    return np.asarray(out, np.int64).reshape(-1, 4)
+
+
+def _composes_back(image, mask, normal, boxes) -> bool:
+    """Composing and comparing whole images: what encode checked before it took one pass."""
+    parts = []
+    for y0, x0, y1, x1 in boxes:
+        m = mask[y0:y1, x0:x1]
+        parts += [m.ravel(), image[y0:y1, x0:x1][m != 0].ravel()]
+    back = compose(normal, boxes, np.concatenate(parts) if parts else np.zeros(0, np.uint8))
+    return np.array_equal(back[0], image) and np.array_equal(back[1], mask)
+
+
+def _faulty_sample(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """(image, mask, normal, lesions) with up to 4 overlapping lesions and, by ``seed % 3``,
+    no fault, a pixel changed where the mask is 0, or a mask pixel outside every box."""
+    rng = np.random.default_rng(seed)
+    normal = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    image, mask, lesions = normal.copy(), np.zeros((24, 24), np.uint8), []
+    for _ in range(int(rng.integers(1, 5))):
+        y0, x0 = (int(v) for v in rng.integers(0, 20, 2))
+        y1, x1 = y0 + int(rng.integers(1, 6)), x0 + int(rng.integers(1, 6))
+        inside = rng.random((y1 - y0, x1 - x0)) < 0.6
+        mask[y0:y1, x0:x1][inside] = 1
+        image[y0:y1, x0:x1][inside] = rng.integers(0, 256, (int(inside.sum()), 3))
+        lesions.append({"target_box": [y0, x0, y1, x1]})
+    y, x = (int(v) for v in rng.integers(0, 24, 2))
+    if seed % 3 == 1 and mask[y, x] == 0:
+        image[y, x, int(rng.integers(3))] ^= np.uint8(1 + int(rng.integers(255)))
+    if seed % 3 == 2:
+        mask[y, x] = 1  # outside every box or not: both must come back
+    return image, mask, normal, lesions
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_encode_keeps_a_sample_whole_exactly_when_its_patches_would_not_compose(seed) -> None:
+    """encode's one-pass check decides as composing and comparing whole images does, and what
+    it encodes always composes back."""
+    image, mask, normal, lesions = _faulty_sample(seed)
+    boxes, payload = encode(image, mask, normal, {"lesions": lesions}, rows=8)
+    used = used_boxes(boxes)
+    back = compose(normal, used, payload)
+    np.testing.assert_array_equal(back[0], image)
+    np.testing.assert_array_equal(back[1], mask)
+    whole = used.tolist() == [[0, 0, 24, 24]] and len(payload) == 24 * 24 * 4
+    assert whole == (not _composes_back(image, mask, normal, _tight_boxes(lesions, mask)))
+
+
 # ------------------------------------------------------------------------------------------
 # Integrity: a lost or corrupted patch object is an error naming the sample
 # ------------------------------------------------------------------------------------------

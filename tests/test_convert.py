@@ -81,7 +81,7 @@ def test_a_version_2_store_converts_to_the_current_format(photographs: Path, tmp
     fresh = tmp_path / "fresh.zarr"
     render(
         fresh, photographs, 6, size=32, seed=5, config=pinned_generator(), shard_size=4,
-        workers=1, progress=False,
+        workers=1, progress=False, layout="full",
     )  # fmt: skip
     assert array_objects(out) == array_objects(fresh)
     assert open_store(out).attrs["format_version"] == 3

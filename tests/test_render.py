@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _render(out, src, **kwargs):
-    options = {"size": SIZE, "shard_size": SHARD, "workers": 1, "progress": False}
+    options = {"size": SIZE, "shard_size": SHARD, "workers": 1, "progress": False, "layout": "full"}
     options.update(kwargs)
     return render(str(out), src, options.pop("n", N), **options)
 
@@ -90,7 +90,8 @@ def slow_write(self, *args, **kwargs):  # a slow disk: time to kill between shar
     time.sleep(0.25)
 
 st.StoreWriter.write_samples = slow_write
-render(sys.argv[1], sys.argv[2], {n}, size={size}, shard_size={shard}, workers=1, progress=False)
+render(sys.argv[1], sys.argv[2], {n}, size={size}, shard_size={shard}, workers=1, progress=False,
+       layout="full")
 """
 
 

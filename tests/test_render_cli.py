@@ -41,6 +41,8 @@ def test_render_info_verify(monkeypatch, capsys, src: Path, tmp_path: Path) -> N
         monkeypatch,
         capsys,
         "render",
+        "--layout",
+        "full",
         "--src",
         str(src),
         "--n",

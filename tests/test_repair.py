@@ -31,7 +31,7 @@ def src(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(src: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    render(out, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False)
+    render(out, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, layout="full")
     return out
 
 

@@ -40,7 +40,7 @@ def sources(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory, sources) -> str:
     out = str(tmp_path_factory.mktemp("store") / "small.zarr")
-    render(out, sources, N, size=SIZE, shard_size=SHARD, workers=1, progress=False)
+    render(out, sources, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, layout="full")
     return out
 
 
@@ -149,7 +149,9 @@ def test_unknown_format_version_is_refused(small_store: str, sources: Path, tmp_
     assert "\n" not in str(err.value)
     # A render into it is refused too, and leaves it alone.
     with pytest.raises(StoreError, match="format version 99"):
-        render(copy, sources, N, size=SIZE, shard_size=SHARD, workers=1, progress=False)
+        render(
+            copy, sources, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, layout="full"
+        )
     assert zarr.open_group(str(copy), mode="r").attrs["format_version"] == 99
 
 
@@ -179,10 +181,11 @@ def test_memory_and_file_urls_match_a_local_render(
         shard_size=SHARD,
         workers=2,
         progress=False,
+        layout="full",
     )
     assert result.workers == 1 and any("memory://" in note for note in result.notes)
     url = f"file://{tmp_path}/f.zarr"
-    render(url, sources, N, size=SIZE, shard_size=SHARD, workers=1, progress=False)
+    render(url, sources, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, layout="full")
     for where in ("memory://anomalygen-test/m.zarr", url):
         store = open_store(where)
         assert len(store) == N

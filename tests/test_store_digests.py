@@ -299,7 +299,7 @@ def test_fundus_render_is_unchanged(inputs, tmp_path, runner: dict[str, Any]) ->
     out = tmp_path / "fundus.zarr"
     render(
         out, inputs["photographs"], 60, size=64, seed=7, config=config, shard_size=16,
-        progress=False, **runner,
+        progress=False, layout="full", **runner,
     )  # fmt: skip
     expected = {"digests": FUNDUS_DIGESTS, "attrs": fundus_attrs(inputs["photographs"])}
     check_store(out, expected, config)
@@ -382,7 +382,7 @@ def test_texture_render_is_unchanged(inputs, tmp_path) -> None:
     render(
         out, inputs["photographs"], 20, size=48, seed=3, config=config,
         textures=inputs["textures"], shard_size=8, codec="blosc-lz4", clahe=False, workers=1,
-        progress=False,
+        progress=False, layout="full",
     )  # fmt: skip
     expected = {
         "digests": TEXTURE_DIGESTS,
@@ -416,7 +416,7 @@ def test_digests_see_a_changed_byte(inputs, tmp_path) -> None:
     out = tmp_path / "small.zarr"
     render(
         out, inputs["photographs"], 4, size=32, seed=0, config=pinned_generator(),
-        shard_size=4, workers=1, progress=False,
+        shard_size=4, workers=1, progress=False, layout="full",
     )  # fmt: skip
     before = store_digests(out)
     group = zarr.open_group(str(out), mode="r+")

@@ -36,7 +36,7 @@ def src(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def good(src: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("good") / "good.zarr"
-    render(out, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False)
+    render(out, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, layout="full")
     return out
 
 
@@ -191,7 +191,7 @@ def test_a_resumed_version_1_store_stays_version_1(src: Path, copy: Path) -> Non
     group = zarr.open_group(str(copy), mode="r+")
     group["done"][3] = 0
     del group.attrs["completed"]
-    render(copy, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False)
+    render(copy, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, layout="full")
     assert not (copy / "digests").exists()
     assert open_store(copy).attrs["format_version"] == 1
     assert verify_store(str(copy), full=True).ok
@@ -223,7 +223,10 @@ def test_verify_during_a_render_checks_only_flagged_shards(
     box: dict = {}
     thread = threading.Thread(
         target=lambda: box.setdefault(
-            "result", render(out, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False)
+            "result",
+            render(
+                out, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, layout="full"
+            ),
         )
     )
     thread.start()

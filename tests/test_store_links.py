@@ -30,7 +30,9 @@ def src(tmp_path_factory) -> Path:
 
 
 def _render(out: Path, src: Path, **kwargs):
-    return render(out, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, **kwargs)
+    return render(
+        out, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, layout="full", **kwargs
+    )
 
 
 @pytest.fixture()

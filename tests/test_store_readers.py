@@ -49,7 +49,7 @@ def texture_store(photographs: Path, tmp_path_factory) -> Path:
     config = pinned_generator(source="texture", p_normal=0.25)
     render(
         out, photographs, 12, size=32, seed=2, config=config, textures=textures, shard_size=8,
-        workers=1, progress=False,
+        workers=1, progress=False, layout="full",
     )  # fmt: skip
     return out
 

@@ -33,7 +33,7 @@ N, SIZE, SHARD = 8, 32, 4
 def good(tmp_path_factory) -> Path:
     src = write_sources(tmp_path_factory.mktemp("src") / "normals", count=2)
     out = tmp_path_factory.mktemp("good") / "good.zarr"
-    render(out, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False)
+    render(out, src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, layout="full")
     return out
 
 

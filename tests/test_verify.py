@@ -25,7 +25,7 @@ N, SIZE, SHARD = 24, 64, 8
 def good(tmp_path_factory) -> Path:
     src = write_sources(tmp_path_factory.mktemp("src") / "normals")
     out = tmp_path_factory.mktemp("good") / "good.zarr"
-    render(str(out), src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False)
+    render(str(out), src, N, size=SIZE, shard_size=SHARD, workers=1, progress=False, layout="full")
     return out
 
 
@@ -54,7 +54,7 @@ def test_good_store_passes(good: Path) -> None:
 def test_store_shorter_than_one_shard_passes(tmp_path: Path) -> None:
     src = write_sources(tmp_path / "normals")
     out = tmp_path / "short.zarr"
-    render(str(out), src, 3, size=32, shard_size=SHARD, workers=1, progress=False)
+    render(str(out), src, 3, size=32, shard_size=SHARD, workers=1, progress=False, layout="full")
     report = verify_store(str(out), full=True)
     assert report.ok, report.problems
 

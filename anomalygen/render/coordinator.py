@@ -223,8 +223,9 @@ def render(
     object-store URL with ``storage_options``, or a shared filesystem) and ``src`` (a shared
     filesystem). The result is byte-identical to a local render (:mod:`anomalygen.render.dask`).
 
-    ``layout="compact"`` stores per sample only its boxes and the pixels inside them, composed
-    with its target photograph on read (docs/store-format.md); ``"full"`` every image and mask.
+    ``layout="compact"`` (the default) stores per sample only its boxes and the pixels inside
+    them, composed with its target photograph on read (docs/store-format.md); ``"full"`` every
+    image and mask, for tools that read the ``image`` arrays themselves.
     """
     started = time.monotonic()
     config = _generator_config(config)

@@ -372,9 +372,8 @@ class ShardRenderer:
             t, s = draw_pair(seed, i, rng, n_normals, n_textures)
             target, fov = cache.get(self.normals, t)
             source, source_fov = cache.get(self.sources, s)
-            sample = self.generator.generate(target, source, rng, fov=fov, source_fov=source_fov)
-            images[j] = sample.image
-            masks[j] = sample.mask
+            out = (images[j], masks[j])  # made in place: no copy of the sample
+            sample = self.generator.generate(target, source, rng, fov, source_fov, out)
             targets.append(t)
             sources.append(s)
             metas.append(sample.meta)
