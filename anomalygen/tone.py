@@ -79,17 +79,14 @@ class ToneConfig:
             )
         if not 0.0 <= self.p_dark <= 1.0:
             raise ConfigError(f"tone.p_dark: must lie in [0, 1], got {self.p_dark}")
-        for name, hi in (("dark", 255.0), ("bright", 255.0), ("texture", 1.0)):
+        ranges = [("dark", 255.0), ("bright", 255.0), ("texture", 1.0)]
+        if self.target_texture is not None:
+            ranges.append(("target_texture", 1.0))
+        for name, hi in ranges:
             lo_v, hi_v = getattr(self, name)
             if not 0.0 <= lo_v <= hi_v <= hi:
                 raise ConfigError(
                     f"tone.{name}: need 0 <= low <= high <= {hi:g}, got {lo_v}, {hi_v}"
-                )
-        if self.target_texture is not None:
-            lo_v, hi_v = self.target_texture
-            if not 0.0 <= lo_v <= hi_v <= 1.0:
-                raise ConfigError(
-                    f"tone.target_texture: need 0 <= low <= high <= 1, got {lo_v}, {hi_v}"
                 )
         if not 0.0 <= self.channel_jitter < 1.0:
             raise ConfigError(f"tone.channel_jitter: must be in [0, 1), got {self.channel_jitter}")
