@@ -49,12 +49,17 @@ class Tally:
         self.counts: list[int] = []
         self.lesion_px = 0
         self.fov_px = 0
+        self.depths: list[np.ndarray] = []  # lesion pixels' distance to the FOV border / its max
+        self.fov_depths: list[np.ndarray] = []  # the same of every FOV pixel
 
     def add(self, image: np.ndarray, mask: np.ndarray, fov: np.ndarray, every: np.ndarray) -> None:
         """One image's mask of this kind; ``every`` is the union of all its lesions."""
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         self.counts.append(n - 1)
         self.lesion_px += int(mask.sum())
+        depth = cv2.distanceTransform((fov != 0).astype(np.uint8), cv2.DIST_L2, 5)
+        self.depths.append(depth[mask != 0] / max(float(depth.max()), 1.0))
+        self.fov_depths.append(depth[fov != 0] / max(float(depth.max()), 1.0))
         outside = (cv2.dilate(every, _NEAR) == 0) & (fov != 0)
         pixels = image.astype(np.float32)
         for k in range(1, n):
@@ -68,6 +73,7 @@ class Tally:
         if not self.areas:
             return [f"{name}: no lesions"]
         a, t = np.array(self.areas), np.array(self.tones)
+        d, f = np.concatenate(self.depths), np.concatenate(self.fov_depths)
         pct = (10, 50, 90, 99)
         tone = " ".join(
             f"{c} {np.percentile(t[:, i], (10, 50, 90)).round(0).astype(int).tolist()}"
@@ -80,6 +86,10 @@ class Tally:
             f"{100 * a[a > 50].sum() / a.sum():.0f}% of pixels in components > 50 px",
             f"    tone (lesion - ring) p10/50/90: {tone}; "
             f"{100 * np.mean(t[:, :2].mean(1) < 0):.0f}% darker",
+            f"    depth in the FOV (distance to its border / the largest): "
+            f"{100 * np.mean(d < 0.1):.0f}% of lesion pixels below 0.1, "
+            f"{100 * np.mean(d < 0.2):.0f}% below 0.2 (the FOV's own pixels: "
+            f"{100 * np.mean(f < 0.1):.0f}%, {100 * np.mean(f < 0.2):.0f}%)",
         ]
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -186,7 +187,7 @@ def test_contract_holds_for_odd_sizes(seed: int, h: int, w: int, sh: int, sw: in
 
 
 def test_lesions_sit_inside_both_fovs() -> None:
-    gen = AnomalyGenerator(ANOMALOUS)
+    gen = AnomalyGenerator(dataclasses.replace(ANOMALOUS, placement="inside"))
     for i in range(30):
         sample = gen.generate(TARGET, SOURCE, sample_rng(0, i), FOV, FOV)
         for lesion in sample.meta["lesions"]:
@@ -194,6 +195,31 @@ def test_lesions_sit_inside_both_fovs() -> None:
             assert FOV[y0:y1, x0:x1].all(), "source crop not fully inside the source FOV"
             y0, x0, y1, x1 = lesion["target_box"]
             assert FOV[y0:y1, x0:x1].all(), "target crop not fully inside the target FOV"
+
+
+def test_centre_placement_reaches_the_fov_rim() -> None:
+    """placement "centre": C_t's centre is a FOV pixel, the box may cross the FOV's border, M_G
+    stays inside the FOV, and lesion pixels come as near the rim as the FOV's own pixels do."""
+    fov = disc_fov(192, 192)
+    target, source = make_fundus(192, seed=1), make_fundus(192, seed=2)
+    depth = cv2.distanceTransform(fov, cv2.DIST_L2, 5)
+    rim = depth < 0.2 * depth.max()  # the outer fifth of the FOV's depth
+    shares, crossed = {}, 0
+    for placement in ("inside", "centre"):
+        gen = AnomalyGenerator(dataclasses.replace(ANOMALOUS, placement=placement))
+        lesion_px = rim_px = 0
+        for i in range(40):
+            sample = gen.generate(target, source, sample_rng(3, i), fov, fov)
+            check_contract(sample, target, fov)
+            lesion_px += int(sample.mask.sum())
+            rim_px += int(sample.mask[rim].sum())
+            for lesion in sample.meta["lesions"]:
+                y0, x0, y1, x1 = lesion["target_box"]
+                assert fov[(y0 + y1) // 2, (x0 + x1) // 2] or placement == "inside"
+                crossed += placement == "centre" and not fov[y0:y1, x0:x1].all()
+        shares[placement] = rim_px / lesion_px
+    assert shares["inside"] < 0.1 < shares["centre"], shares
+    assert crossed > 10
 
 
 def test_without_fov_lesions_go_anywhere() -> None:
@@ -387,6 +413,7 @@ def test_config_from_lists_becomes_tuples() -> None:
         {"blend": "poisson"},
         {"mask": "circle"},
         {"placement_tries": 0},
+        {"placement": "border"},
         {"perlin": {"threshold": 0.5}},
         {"p_normal": "often"},
     ],
@@ -460,7 +487,7 @@ def test_presets_and_records_of_older_stores() -> None:
     with pytest.raises(ConfigError, match="--preset"):
         generator_preset("best")
     # A record written before the new fields existed reads as the generator it was made with.
-    old = {k: v for k, v in to_dict(paper).items() if k not in ("alpha_range", "tone")}
+    old = {k: v for k, v in to_dict(paper).items() if k not in ("alpha_range", "tone", "placement")}
     del old["perlin"]["taper"]
     assert config_from_record(old) == paper
     assert set(ADDED_FIELDS) <= set(PAPER_GENERATOR)

@@ -56,6 +56,7 @@ PAPER_GENERATOR: dict[str, Any] = {
     "blend": "selfmix",
     "mask": "perlin",
     "placement_tries": 16,
+    "placement": "inside",
     "perlin": {
         "scale_exp": [0, 5],
         "threshold": 0.5,
