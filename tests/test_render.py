@@ -139,8 +139,11 @@ def test_parameter_change_is_refused_and_overwrite_starts_over(sources: Path, tm
     message = str(err.value)
     assert "different parameters" in message and "--overwrite" in message
     assert "seed 0 -> 1" in message and "generator.p_normal 0.2 -> 0.3" in message
-    assert "\n" not in message
+    assert "\n" not in message and "--layout full" not in message
     assert open_store(out).seed == 0  # untouched
+    # A full store resumed with the default (compact) layout: the message names the flag.
+    with pytest.raises(StoreError, match=r"for this store: --layout full"):
+        _render(out, sources, n=8, layout="compact")
 
     result = _render(out, sources, n=8, seed=1, overwrite=True)
     assert result.shards_rendered == 2

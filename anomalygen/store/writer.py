@@ -37,6 +37,7 @@ from anomalygen.store.format import (
     DONE,
     FORMAT_NAME,
     FORMAT_VERSION,
+    FULL,
     IMAGE,
     LESIONS,
     MASK,
@@ -109,9 +110,12 @@ def open_or_create(
         if diffs:
             more = f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
             shown = "; ".join(diffs[:4]) + more
+            # Stores from before compact became the default are full: say the one flag to add.
+            was_full = layout_of(existing) == FULL != layout_of(spec.to_attrs())
+            hint = " (for this store: --layout full; compact is the default)" if was_full else ""
             raise StoreError(
                 f"{loc}: this store was rendered with different parameters ({shown}); "
-                "rerun with the same ones to resume, or add --overwrite to start over"
+                f"rerun with the same ones to resume{hint}, or add --overwrite to start over"
             )
         remove_partial_files(loc)  # left by a writer killed mid-write
         return existing.get("store_id")
