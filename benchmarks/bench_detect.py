@@ -77,7 +77,8 @@ MAIN_ROWS = (
     Row("ours-idrid", IDRID, "our defaults, IDRiD normals (the paper's setting)"),
     Row("ours-fundus", FUNDUS, "our defaults, normals of other cameras"),
     Row("paper-idrid", IDRID, "the paper's generator and network, same CPU schedule",
-        render_args=("--preset", "paper"), stage2_args=("--local-contrast", "none")),
+        render_args=("--preset", "paper"),
+        stage2_args=("--local-contrast", "none", "--no-photometric")),
     Row("ours-idrid-flip", IDRID, "ours-idrid evaluated with --flip", eval_args=("--flip",),
         reuse="ours-idrid"),
 )  # fmt: skip
@@ -160,7 +161,14 @@ def stage1_key(row: Row) -> str:
     from resynth_models.train import TRAIN_PRESETS
 
     net = PRESETS["small"]
-    stage2_only = ("steps", "val_samples", "val_interval", "log_interval", "ckpt_interval")
+    stage2_only = (
+        "steps",
+        "photometric",
+        "val_samples",
+        "val_interval",
+        "log_interval",
+        "ckpt_interval",
+    )
     train = {k: v for k, v in TRAIN_PRESETS["small"].items() if k not in stage2_only}
     preset = [train, net.rec_width, net.rec_depth, net.norm]
     spec = json.dumps([row.normals, SIZE, list(row.train_args), preset], sort_keys=True)

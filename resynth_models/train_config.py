@@ -17,7 +17,7 @@ from resynth_models.devices import check_device_name
 from resynth_models.networks import PRESETS, NetworkConfig
 from resynth_models.photometric import NO_PHOTOMETRIC, PhotometricConfig
 from resynth_models.schedule import parse_duration
-from resynth_models.train_options import PRESET_NAMES, TRAIN_OPTIONS
+from resynth_models.train_options import PRESET_NAMES, TRAIN_OPTIONS, TrainOption
 
 __all__ = [
     "AMPS",
@@ -62,7 +62,8 @@ class TrainConfig:
     #                   about 35 samples/s at 768 px (benchmarks/bench_train.py), 4 feed a GPU
     seed: int = 0  # model init, data order and augmentation
     augment: GeometryConfig = field(default_factory=GeometryConfig)  # flip / rotate / zoom
-    # whole-image gain, gamma and blur (resynth_models.photometric); off is the paper's setting
+    # stage 2: whole-image gain, gamma and blur (resynth_models.photometric); off is the
+    # paper's setting (the "small" preset's: on)
     photometric: PhotometricConfig = field(default_factory=lambda: NO_PHOTOMETRIC)
     val_fraction: float = 0.05  # stage 2: last share of the store's complete shards held out
     # Ours: validation, logging and checkpoints cost well under 5% of a 768 px GPU run at these.
@@ -115,12 +116,18 @@ class TrainConfig:
             raise ConfigError(f"--log-interval: must be at least 1, got {self.log_interval}")
 
 
+def _preset_value(option: TrainOption, value: Any) -> Any:
+    """A preset's value of ``option``, written as the option's own value (``True`` for
+    ``--photometric``), as the config field holds it."""
+    return option.parse(value) if option.parse is not None and value is not None else value
+
+
 #: Training defaults per network preset (the network shapes are ``networks.PRESETS``): the
 #: fields each preset sets, where they differ from TrainConfig's defaults (which are the
 #: "default" and "paper" presets'). Read off the option table, where each value is given and
 #: measured (:data:`resynth_models.train_options.TRAIN_OPTIONS`).
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    name: {o.field: o.presets[name] for o in TRAIN_OPTIONS if name in o.presets}
+    name: {o.field: _preset_value(o, o.presets[name]) for o in TRAIN_OPTIONS if name in o.presets}
     for name in PRESET_NAMES
 }
 

@@ -41,8 +41,11 @@ def test_presets_and_operational_fields_come_from_the_table() -> None:
         assert set(option.presets) <= set(PRESET_NAMES), option.field
         assert option.config == "train" or not (option.presets or option.operational)
         for name, value in option.presets.items():
-            assert getattr(make_configs(name)[0], option.field) == value
+            expected = option.parse(value) if option.parse else value  # the option's value
+            assert getattr(make_configs(name)[0], option.field) == expected
     assert TRAIN_PRESETS["small"]["val_interval"] == 500
+    assert make_configs("small")[0].photometric.enabled  # written True in the table
+    assert not make_configs("paper")[0].photometric.enabled
     assert "val_interval" in OPERATIONAL_FIELDS and "lr" not in OPERATIONAL_FIELDS
 
 
