@@ -107,7 +107,7 @@ class GeneratorConfig:
     # Where C_t may lie in the target. "inside" (the paper's preset, and every store written
     # before this field): the whole crop box inside the FOV, which keeps lesions off the FOV's
     # rim: 5% of their pixels lie in the outer fifth of the FOV's depth (distance to its
-    # border over the largest), against 29% of the real lesion pixels of idrid-512 and 36% of
+    # border over the largest), against 29% of the real lesion pixels of idrid-512 and 32% of
     # the FOV's own pixels (benchmarks/lesion_stats.py, 256 px). "centre" (ours): the crop's
     # centre is a uniform FOV pixel and P is cut by the FOV, as real lesions at the rim are:
     # 25% of the lesion pixels then lie in that outer fifth. Real-lesion AUROC / AUPR on
