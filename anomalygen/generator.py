@@ -412,7 +412,7 @@ def _place_centre(
     """Top-left corner of an (h, w) box centred on a pixel drawn uniformly from ``fov``
     (rejection, ``tries`` draws, then a draw from the FOV's pixel list), moved just enough to
     stay in the image. The box may overlap the FOV's border; the caller cuts P by the FOV."""
-    (H, W), (h, w) = shape, size
+    H, W = shape
     cy, cx = 0, 0
     for _ in range(tries):
         cy, cx = int(rng.random() * H), int(rng.random() * W)
@@ -422,7 +422,16 @@ def _place_centre(
         inside = np.flatnonzero(fov)
         if inside.size:
             cy, cx = divmod(int(inside[int(rng.random() * inside.size)]), W)
-    return min(max(cy - h // 2, 0), H - h), min(max(cx - w // 2, 0), W - w)
+    return _centred_on((cy, cx), shape, size)
+
+
+def _centred_on(
+    pixel: tuple[int, int], shape: tuple[int, int], size: tuple[int, int]
+) -> tuple[int, int]:
+    """Top-left corner of an (h, w) box centred on ``pixel``, moved just enough to stay inside
+    an image of ``shape``."""
+    (H, W), (h, w) = shape, size
+    return min(max(pixel[0] - h // 2, 0), H - h), min(max(pixel[1] - w // 2, 0), W - w)
 
 
 def _tiled_shape(shape: tuple[int, int], h: int, w: int) -> tuple[int, int]:
@@ -532,8 +541,7 @@ def draw_lesion(
         place = _place_centre if cfg.placement == "centre" else _place
         ty, tx = place(fov, (H, W), (h, w), rng, cfg.placement_tries)
     else:
-        ty = min(max(anchor[0] - h // 2, 0), H - h)
-        tx = min(max(anchor[1] - w // 2, 0), W - w)
+        ty, tx = _centred_on(anchor, (H, W), (h, w))
     if fov is not None:
         P = P & (fov[ty : ty + h, tx : tx + w] != 0).view(np.uint8)
     if anchor is not None:

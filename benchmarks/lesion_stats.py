@@ -58,8 +58,9 @@ class Tally:
         self.counts.append(n - 1)
         self.lesion_px += int(mask.sum())
         depth = cv2.distanceTransform((fov != 0).astype(np.uint8), cv2.DIST_L2, 5)
-        self.depths.append(depth[mask != 0] / max(float(depth.max()), 1.0))
-        self.fov_depths.append(depth[fov != 0] / max(float(depth.max()), 1.0))
+        depth /= max(float(depth.max()), 1.0)
+        self.depths.append(depth[mask != 0])
+        self.fov_depths.append(depth[fov != 0])
         outside = (cv2.dilate(every, _NEAR) == 0) & (fov != 0)
         pixels = image.astype(np.float32)
         for k in range(1, n):
