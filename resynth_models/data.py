@@ -323,9 +323,9 @@ class NormalsDataset(_StoreDataset):
         geometry: GeometryConfig = NO_AUGMENT,
         seed: int = 0,
         indices: Sequence[int] | None = None,
-        photometric: PhotometricConfig = NO_PHOTOMETRIC,
     ) -> None:
-        super().__init__(store, size, geometry, seed, indices, stage=1, photometric=photometric)
+        # No photometric transform: E_r/D_r learn the normals as they are (it is stage 2's).
+        super().__init__(store, size, geometry, seed, indices, stage=1)
 
     def _source_len(self) -> int:
         return n_normals(self.store)
@@ -336,7 +336,6 @@ class NormalsDataset(_StoreDataset):
         image, fov = checked_read(lambda: self.store.normals[j])
         image, fov = resize_image(image, self.size), resize_mask(fov, self.size)
         image, (fov,) = apply_geometry(image, [fov], self._geometry(epoch, j))
-        image = self._photometric(image, epoch, j)
         return {"image": _image_tensor(image), "fov": _mask_tensor(fov)}
 
 

@@ -20,7 +20,7 @@ def train_dataset(
     store: Any, size: int, config: TrainConfig, stage: int, split: Split | None
 ) -> Dataset:
     """Stage ``stage``'s training items at ``size`` px, augmented as ``config`` says."""
-    if stage == 1:  # E_r/D_r learn the normals as they are: photometric is stage 2's
+    if stage == 1:
         return NormalsDataset(store, size, config.augment, config.seed)
     assert split is not None  # stage 2 always has one (run_folder.plan_run)
     train_idx = split.indices(store, "train")
