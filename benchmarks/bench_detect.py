@@ -78,9 +78,9 @@ MAIN_ROWS = (
     Row("ours-fundus", FUNDUS, "our defaults, normals of other cameras"),
     Row("paper-idrid", IDRID, "the paper's generator and network, same CPU schedule",
         render_args=("--preset", "paper"),
-        stage2_args=("--local-contrast", "none", "--no-photometric")),
-    Row("ours-idrid-flip", IDRID, "ours-idrid evaluated with --flip", eval_args=("--flip",),
-        reuse="ours-idrid"),
+        stage2_args=("--local-contrast", "none", "--no-photometric", "--no-test-flip")),
+    Row("ours-idrid-noflip", IDRID, "ours-idrid evaluated without test-time flips",
+        eval_args=("--no-flip",), reuse="ours-idrid"),
 )  # fmt: skip
 ABLATION_ROWS = (
     Row("stage2-500", IDRID, "stage 2 500 steps (the preset: 1,000)",
@@ -164,6 +164,7 @@ def stage1_key(row: Row) -> str:
     stage2_only = (
         "steps",
         "photometric",
+        "test_flip",
         "val_samples",
         "val_interval",
         "log_interval",

@@ -32,7 +32,8 @@ _WORKERS = typer.Option("--workers", help="Threads reading and preparing photogr
 _QUIET = typer.Option("--quiet", "-q", help="No progress display.")
 _FLIP = typer.Option(
     "--flip/--no-flip",
-    help="Test-time augmentation: average each map with that of the mirrored image (2x time).",
+    help="Test-time augmentation: average each map with that of the mirrored image (2x time; "
+    "default: the run's, --test-flip at training: on for the default and small presets).",
 )
 
 
@@ -46,7 +47,7 @@ def _stderr(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _load(checkpoint: Path, device: str, scoring: str, flip: bool):  # -> (detector, device)
+def _load(checkpoint: Path, device: str, scoring: str, flip: bool | None):  # -> (detector, device)
     from resynth_models.devices import resolve_device
 
     if not checkpoint.exists():
@@ -109,7 +110,7 @@ def evaluate(
         int, typer.Option("--overlays", help="Overlays of the best and of the worst images.", min=0)
     ] = 4,
     scoring: Annotated[str, _SCORING] = "localization",
-    flip: Annotated[bool, _FLIP] = False,
+    flip: Annotated[bool | None, _FLIP] = None,
     baseline: Annotated[
         str | None,
         typer.Option(
@@ -229,7 +230,7 @@ def predict(
         ),
     ] = "original",
     scoring: Annotated[str, _SCORING] = "localization",
-    flip: Annotated[bool, _FLIP] = False,
+    flip: Annotated[bool | None, _FLIP] = None,
     workers: Annotated[int | None, _WORKERS] = None,
     quiet: Annotated[bool, _QUIET] = False,
 ) -> None:

@@ -558,14 +558,15 @@ def load_detector(
     run_dir: str | os.PathLike,
     device: str | torch.device = "cpu",
     scoring: str | None = None,
-    flip: bool = False,
+    flip: bool | None = None,
 ) -> Detector:
     """The trained detector of a run folder, on ``device``, in eval mode.
 
     ``device`` "auto" takes the GPU where there is one. ``scoring`` None picks
     ``"localization"`` (needs ``RUN/stage2.safetensors``); ``"reconstruction"`` scores by the
     stage-1 reconstruction error (needs ``RUN/stage1.safetensors``); ``flip`` averages each map
-    with that of the mirrored image (:class:`Detector`). Raises
+    with that of the mirrored image (:class:`Detector`; None: the run's ``train.test_flip``,
+    off for runs from before it). Raises
     :class:`CheckpointError` (a ``StoreError``) for a missing, incomplete or unknown-version run
     folder.
     """
@@ -608,8 +609,14 @@ def load_detector(
         device=dev,
         run_dir=run,
         threshold=_threshold(metadata, path) if stage == 2 else None,
-        flip=flip,
+        flip=_run_flip(config) if flip is None else flip,
     )
+
+
+def _run_flip(config: Mapping[str, Any]) -> bool:
+    """The run's test-time flips (``train.test_flip``; runs from before it have none)."""
+    train = config.get("train")
+    return bool(train.get("test_flip", False)) if isinstance(train, dict) else False
 
 
 def _training_size(config: Mapping[str, Any], where: Path) -> int:

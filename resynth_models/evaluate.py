@@ -737,6 +737,7 @@ def _evaluation_result(
             "checkpoint": checkpoint,
             "scoring": getattr(detector, "scoring", "localization"),
             "threshold": getattr(detector, "threshold", None),
+            "flip": bool(getattr(detector, "flip", False)),
             "size": detector.size,
             "clahe": detector.clahe,
         },

@@ -449,9 +449,9 @@ def _log_window(ctx: _Run, st: _Stage, window: _Window, lr: float, grad_norm: fl
 
 def _validate(ctx: _Run, st: _Stage, stop: StopRequest) -> None:
     try:
-        st.validation = validate(
-            st.model, st.val_loader, ctx.device, ctx.amp_dtype, ctx.dist, ctx.config.focal_tau
-        )
+        config = ctx.config
+        st.validation = validate(st.model, st.val_loader, ctx.device, ctx.amp_dtype, ctx.dist,
+                                 config.focal_tau, flip=config.test_flip)  # fmt: skip
     except Exception:
         if not stop.requested:
             raise

@@ -65,6 +65,10 @@ class TrainConfig:
     # stage 2: whole-image gain, gamma and blur (resynth_models.photometric); off is the
     # paper's setting (the "small" preset's: on)
     photometric: PhotometricConfig = field(default_factory=lambda: NO_PHOTOMETRIC)
+    # validation, evaluation and prediction average each map with the mirrored image's (the
+    # run's default for `resynth evaluate` / `predict`); off is the paper's (the "default" and
+    # "small" presets': on, measured in resynth_models.train_options)
+    test_flip: bool = False
     val_fraction: float = 0.05  # stage 2: last share of the store's complete shards held out
     # Ours: validation, logging and checkpoints cost well under 5% of a 768 px GPU run at these.
     val_samples: int = 256  # held-out samples per validation, evenly spread (0: all of them)
@@ -124,7 +128,7 @@ def _preset_value(option: TrainOption, value: Any) -> Any:
 
 #: Training defaults per network preset (the network shapes are ``networks.PRESETS``): the
 #: fields each preset sets, where they differ from TrainConfig's defaults (which are the
-#: "default" and "paper" presets'). Read off the option table, where each value is given and
+#: "paper" preset's). Read off the option table, where each value is given and
 #: measured (:data:`resynth_models.train_options.TRAIN_OPTIONS`).
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     name: {o.field: _preset_value(o, o.presets[name]) for o in TRAIN_OPTIONS if name in o.presets}

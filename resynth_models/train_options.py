@@ -2,7 +2,7 @@
 option and help, and its value in each preset.
 
 :data:`TRAIN_OPTIONS` is the one table. :class:`~resynth_models.train_config.TrainConfig` holds
-the fields and their defaults (the "default" and "paper" presets);
+the fields and their defaults (the "paper" preset's; "default" differs only in test-time flips);
 :data:`~resynth_models.train_config.TRAIN_PRESETS` and
 :data:`~resynth_models.train_config.OPERATIONAL_FIELDS` are read off this table, and the CLI
 (``cli/train_cmd.py``) makes one option of each row. torch-free, so that ``resynth --help``
@@ -91,7 +91,11 @@ def _photometric(enabled: bool) -> Any:
 # 0.23 (0.94) at the paper's 5e-5, 0.62 (0.98) at 1e-3, 0.32 (0.93) at 3e-3; the paper's 5e-5
 # suits its long GPU runs, not a few thousand steps. Photometric augmentation in stage 2:
 # real-lesion AUROC / AUPR 0.803 / 0.253 off, 0.807 / 0.268 on (benchmarks/bench_detect.py).
-# "default" and "paper": the paper's schedule (4.1), for a GPU at 768x768 (TrainConfig's).
+# Test-time flips ("default" and "small"; not in the paper): real-lesion AUROC / AUPR on
+# idrid-512 0.803 / 0.253 -> 0.808 / 0.262 and 0.856 / 0.268 -> 0.864 / 0.281 in two
+# configurations (benchmarks/bench_detect.py), for twice the inference time.
+# "default" and "paper": the paper's schedule (4.1), for a GPU at 768x768 (TrainConfig's);
+# "default" adds the test-time flips.
 #
 # The rows' order is the order of the options in `resynth train --help`.
 TRAIN_OPTIONS: tuple[TrainOption, ...] = (
@@ -158,6 +162,10 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
                 "preset).", panel=VALIDATION, presets={"small": 64}, operational=True),
     TrainOption("val_interval", "--val-interval", "Steps between validations (default: per "
                 "preset).", panel=VALIDATION, presets={"small": 500}, operational=True),
+    TrainOption("test_flip", "--test-flip/--no-test-flip", "Validation, evaluation and "
+                "prediction average each map with the left-right mirrored image's (2x their "
+                "time; default: on, paper: off).", bool, panel=VALIDATION,
+                presets={"default": True, "small": True}, operational=True),
     TrainOption("log_interval", "--log-interval", "Steps between log records (default: per "
                 "preset).", panel=VALIDATION, presets={"small": 10}, operational=True),
     TrainOption("ckpt_interval", "--ckpt-interval", "Steps between resumable checkpoints "

@@ -25,9 +25,14 @@ def validate(
     amp_dtype: torch.dtype | None,
     dist: Dist,
     focal_tau: float = FOCAL_TAU,
+    flip: bool = False,
 ) -> dict[str, Any]:
     """Pixel AUROC / AUPR (and the focal loss at ``focal_tau``) on the held-out shards, inside
-    each sample's field of view, with :class:`~resynth_models.metrics.PixelMetrics`."""
+    each sample's field of view, with :class:`~resynth_models.metrics.PixelMetrics`.
+
+    ``flip``: score the maps as a detector with test-time flips does (the probability averaged
+    with that of the mirrored image), so that the chosen threshold fits its maps; the loss is
+    the plain forward pass's."""
     model.eval()
     metrics = PixelMetrics()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -38,7 +43,12 @@ def validate(
             logits = model(images)
         loss_sum += focal_loss(logits, masks, tau=focal_tau).double() * len(images)
         count += len(images)
-        probs = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+        probs = torch.sigmoid(logits.float())[:, 0]
+        if flip:
+            with autocast(device, amp_dtype):
+                mirrored = model(images.flip(-1)).flip(-1)
+            probs = (probs + torch.sigmoid(mirrored.float())[:, 0]) * 0.5
+        probs = probs.cpu().numpy()
         metrics.update(probs, batch["mask"].numpy(), valid=batch["fov"].numpy())
     if dist.world > 1:
         counts = torch.from_numpy(metrics.counts).to(device)

@@ -552,3 +552,19 @@ def test_flip_averages_the_mirrored_map(tmp_path: Path) -> None:
     assert not torch.allclose(a, b)  # an untrained network is not mirror-symmetric
     torch.testing.assert_close(flipped.anomaly_map(x), (a + b) / 2)
     torch.testing.assert_close(flipped.anomaly_map(x.flip(-1)).flip(-1), flipped.anomaly_map(x))
+
+
+def test_the_run_decides_the_flip_unless_given(tmp_path: Path) -> None:
+    from resynth_models.checkpoint import CONFIG_FILE, load_detector, read_run_config, write_json
+    from resynth_models.train_config import TRAIN_PRESETS, TrainConfig
+
+    run = make_run(tmp_path / "run")
+    assert not load_detector(run).flip  # a run from before test_flip: none
+    config = read_run_config(run)
+    write_json(run / CONFIG_FILE, {**config, "train": {"test_flip": True}})
+    assert load_detector(run).flip
+    assert not load_detector(run, flip=False).flip
+    # the paper's configuration has none; our presets have them
+    assert not TrainConfig().test_flip
+    assert TRAIN_PRESETS["default"]["test_flip"] and TRAIN_PRESETS["small"]["test_flip"]
+    assert "test_flip" not in TRAIN_PRESETS["paper"]
