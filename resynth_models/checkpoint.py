@@ -471,8 +471,8 @@ class Detector:
       :class:`ReconstructionNet` (``"reconstruction"``: Table 3's first row), in eval mode.
     - ``size``: the side the network was trained at; ``clahe``: whether the training store's
       photographs were CLAHE-enhanced (paper 4.1), so inputs should be prepared the same way.
-    - ``threshold``: the pixel threshold that maximised the balanced accuracy on the run's
-      synthetic validation set (stage 2), or None (older runs, reconstruction scoring).
+    - ``threshold``: the pixel threshold chosen on the run's synthetic validation set (stage 2:
+      ``--threshold-fpr``), or None (older runs, reconstruction scoring).
     - ``flip``: test-time augmentation, the map averaged with that of the left-right mirrored
       image (a right eye mirrored is a plausible left eye, as in training); twice the cost.
     - :meth:`anomaly_map`: ``x`` (B, 3, H, W) float in [0, 1] -> (B, H, W) scores in [0, 1].

@@ -359,6 +359,19 @@ class PixelMetrics:
         j = int(np.argmax(score))
         return bin_lower_edge(j, self.mantissa_bits), float(score[j])
 
+    def threshold_at_fpr(self, fpr: float) -> tuple[float, float]:
+        """(threshold, false-positive rate): the lowest bin edge at which at most ``fpr`` of the
+        normal pixels score ``>= threshold``, and the share that does (``fpr`` in [0, 1])."""
+        if not 0.0 <= fpr <= 1.0:
+            raise ValueError(f"pixel metrics: a false-positive rate must be in [0, 1], got {fpr}")
+        neg = self.counts[0].astype(np.float64)
+        if neg.sum() == 0:
+            raise ValueError("threshold at a false-positive rate: no normal pixels were counted")
+        # share of normal pixels at or above each cut j (predict lesion iff bin >= j)
+        above = np.concatenate([np.cumsum(neg[::-1])[::-1], [0.0]]) / neg.sum()
+        j = int(np.argmax(above <= fpr))  # non-increasing: the first cut that is low enough
+        return bin_lower_edge(j, self.mantissa_bits), float(above[j])
+
     def curves(self, max_points: int = 2000) -> dict[str, np.ndarray]:
         """ROC and precision-recall curves from the histograms, for plots.
 

@@ -249,9 +249,9 @@ def _train_stage(ctx: _Run, stage: int) -> StageResult:
         raise RuntimeError("stage 2 changed the frozen reconstruction network (a bug)")
     weights = ckpt.stage_weights_path(ctx.run, stage)
     if ctx.dist.main:
-        # The detector's own threshold: the one that maximised the balanced accuracy on the
-        # final validation (evaluate and predict use it unless told otherwise).
-        threshold = (st.validation or {}).get("val_best_threshold") if stage == 2 else None
+        # The detector's own threshold, chosen on the final validation (--threshold-fpr);
+        # evaluate and predict use it unless told otherwise.
+        threshold = (st.validation or {}).get("val_threshold") if stage == 2 else None
         ckpt.save_weights(weights, st.model.state_dict(), stage=stage, network=ctx.network,
                           threshold=threshold)  # fmt: skip
         ctx.log.record({"stage": stage, "step": st.step, "event": "end", "weights": weights.name})
@@ -451,7 +451,8 @@ def _validate(ctx: _Run, st: _Stage, stop: StopRequest) -> None:
     try:
         config = ctx.config
         st.validation = validate(st.model, st.val_loader, ctx.device, ctx.amp_dtype, ctx.dist,
-                                 config.focal_tau, flip=config.test_flip)  # fmt: skip
+                                 config.focal_tau, flip=config.test_flip,
+                                 threshold_fpr=config.threshold_fpr)  # fmt: skip
     except Exception:
         if not stop.requested:
             raise

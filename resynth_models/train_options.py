@@ -166,6 +166,9 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
                 "prediction average each map with the left-right mirrored image's (2x their "
                 "time; default: on, paper: off).", bool, panel=VALIDATION,
                 presets={"default": True, "small": True}, operational=True),
+    TrainOption("threshold_fpr", "--threshold-fpr", "The detector's threshold: where this share "
+                "of the synthetic validation's normal pixels score above it (0: its best "
+                "balanced accuracy; default 0.2).", float, panel=VALIDATION, operational=True),
     TrainOption("log_interval", "--log-interval", "Steps between log records (default: per "
                 "preset).", panel=VALIDATION, presets={"small": 10}, operational=True),
     TrainOption("ckpt_interval", "--ckpt-interval", "Steps between resumable checkpoints "

@@ -26,13 +26,16 @@ def validate(
     dist: Dist,
     focal_tau: float = FOCAL_TAU,
     flip: bool = False,
+    threshold_fpr: float = 0.0,
 ) -> dict[str, Any]:
     """Pixel AUROC / AUPR (and the focal loss at ``focal_tau``) on the held-out shards, inside
     each sample's field of view, with :class:`~resynth_models.metrics.PixelMetrics`.
 
     ``flip``: score the maps as a detector with test-time flips does (the probability averaged
     with that of the mirrored image), so that the chosen threshold fits its maps; the loss is
-    the plain forward pass's."""
+    the plain forward pass's. ``val_threshold``, the detector's own threshold, is where
+    ``threshold_fpr`` of the normal pixels score at or above it (0: ``val_best_threshold``, where
+    the balanced accuracy is best)."""
     model.eval()
     metrics = PixelMetrics()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -63,7 +66,12 @@ def validate(
     except ValueError as err:  # no lesion pixels (or no normal ones) among the held-out samples
         out["val_note"] = str(err)
         return out
+    if threshold_fpr > 0:
+        threshold, _ = metrics.threshold_at_fpr(threshold_fpr)
+    else:
+        threshold = m["best_threshold"]
     out.update(
+        val_threshold=threshold,
         val_auroc=m["auroc"],
         val_aupr=m["aupr"],
         val_balanced_accuracy=m["balanced_accuracy"],

@@ -60,6 +60,7 @@ GIVEN = {
     "--local-contrast": "0.25,0.5", "--device": "cpu", "--amp": "off",
     "--workers": "0", "--compile": None, "--val-fraction": "0.5", "--val-samples": "11",
     "--val-interval": "13", "--log-interval": "17", "--ckpt-interval": "19",
+    "--test-flip/--no-test-flip": "--no-test-flip", "--threshold-fpr": "0.1",
 }  # fmt: skip
 
 

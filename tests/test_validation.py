@@ -51,3 +51,36 @@ def test_validation_scores_the_maps_the_detector_scores(flip: bool) -> None:
     other = validate(model, batches, torch.device("cpu"), None, Dist(), flip=not flip)
     assert other["val_aupr"] != got["val_aupr"]  # the flips are really applied (or not)
     assert np.isfinite(got["val_loss"])
+
+
+def test_threshold_at_a_false_positive_rate() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.random(20_000).astype(np.float32) ** 3
+    truth = rng.random(20_000) < 0.1
+    metrics = PixelMetrics()
+    metrics.update(probs, truth)
+    normal = probs[~truth]
+    for fpr in (0.0, 0.05, 0.2, 0.5, 1.0):
+        t, got = metrics.threshold_at_fpr(fpr)
+        share = float(np.mean(normal >= np.float32(t)))
+        assert share == pytest.approx(got) and share <= fpr
+        below = normal[normal < np.float32(t)]  # the next lower score would pass too many
+        if below.size:
+            assert float(np.mean(normal >= below.max())) > fpr
+    with pytest.raises(ValueError, match="false-positive rate"):
+        metrics.threshold_at_fpr(1.5)
+
+
+def test_validation_threshold_follows_the_rule() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 1, 5, padding=2)
+    batches = _batches()
+    best = validate(model, batches, torch.device("cpu"), None, Dist())
+    assert best["val_threshold"] == best["val_best_threshold"]
+    at = validate(model, batches, torch.device("cpu"), None, Dist(), threshold_fpr=0.2)
+    metrics = PixelMetrics()
+    with torch.no_grad():
+        for b in batches:
+            p = torch.sigmoid(model(b["image"].float() / 255.0))[:, 0].numpy()
+            metrics.update(p, b["mask"].numpy(), valid=b["fov"].numpy())
+    assert at["val_threshold"] == metrics.threshold_at_fpr(0.2)[0]
