@@ -100,16 +100,21 @@ def test_op_contract(name: str, crop: np.ndarray) -> None:
 #: (``op(crop, default_rng(seed), defaults) -> (img, values)``, before the split into draw and
 #: apply) returned, followed by the next 8 bytes of the rng: the split keeps every output byte,
 #: every value and the rng's call sequence (so stores stay byte-identical). Computed with the
-#: pre-split anomalygen/augment.py on the ``crop`` fixture.
+#: pre-split anomalygen/augment.py on the ``crop`` fixture. Hue's pixels depend on the CPU:
+#: OpenCV's 8-bit HSV -> RGB conversion rounds differently on its SIMD paths (OpenCV 4.10 to
+#: 5.1 alike), so it has one digest per CPU the pre-split code was run on (the first on an
+#: earlier dev machine, the second on an AMD EPYC without AVX-512).
 OLD_COMBINED = {
-    "sharpen": "26aeaebeef556b04",
-    "solarize": "0553b00553df0ca3",
-    "gamma": "0980aab29e3df4a5",
-    "hue": "cb20da85e50f19c8",
-    "temperature": "eb9982208ee05b34",
-    "autocontrast": "36bf78848ccb1b94",
-    "color_shift": "98e2ce41b23fe0e0",
+    "sharpen": ("26aeaebeef556b04",),
+    "solarize": ("0553b00553df0ca3",),
+    "gamma": ("0980aab29e3df4a5",),
+    "hue": ("cb20da85e50f19c8", "59192654950a5614"),
+    "temperature": ("eb9982208ee05b34",),
+    "autocontrast": ("36bf78848ccb1b94",),
+    "color_shift": ("98e2ce41b23fe0e0",),
 }
+#: The pre-split augment(crop, rng, paper) with all seven ops, seeds 0..7, on the same CPUs.
+OLD_AUGMENT = ("e9062abfdc0068b9", "c0f6d441036a32be")
 
 
 def _combined_digest(run, seeds: range) -> str:
@@ -127,19 +132,19 @@ def _combined_digest(run, seeds: range) -> str:
 def test_draw_then_apply_is_the_old_combined_op(name: str, crop: np.ndarray) -> None:
     params = getattr(DEFAULTS, name)
     got = _combined_digest(lambda rng: _draw_apply(name, crop, rng, params), range(5))
-    assert got == OLD_COMBINED[name]
+    assert got in OLD_COMBINED[name]
 
 
 def test_draw_ops_then_apply_ops_is_the_old_augment(crop: np.ndarray) -> None:
     paper = AugmentConfig(ops=tuple(OPS))
-    # the pre-split augment(crop, rng, paper), seeds 0..7, computed as OLD_COMBINED
-    assert _combined_digest(lambda rng: augment(crop, rng, paper), range(8)) == "e9062abfdc0068b9"
+    whole = _combined_digest(lambda rng: augment(crop, rng, paper), range(8))
+    assert whole in OLD_AUGMENT
 
     def split(rng: np.random.Generator) -> tuple:
         ops = draw_ops(rng, paper)
         return apply_ops(crop, ops), ops
 
-    assert _combined_digest(split, range(8)) == "e9062abfdc0068b9"
+    assert _combined_digest(split, range(8)) == whole
     single = A.GammaParams(per_channel=False)
     got = _combined_digest(lambda rng: _draw_apply("gamma", crop, rng, single), range(5))
     assert got == "a58a04c55e8c1d4d"
