@@ -609,14 +609,21 @@ def load_detector(
         device=dev,
         run_dir=run,
         threshold=_threshold(metadata, path) if stage == 2 else None,
-        flip=_run_flip(config) if flip is None else flip,
+        flip=_run_flip(config, run / CONFIG_FILE) if flip is None else flip,
     )
 
 
-def _run_flip(config: Mapping[str, Any]) -> bool:
-    """The run's test-time flips (``train.test_flip``; runs from before it have none)."""
+def _run_flip(config: Mapping[str, Any], where: Path) -> bool:
+    """The run's test-time flips (``train.test_flip``; runs from before it have none), checked
+    to be true or false (a string "false" must not turn them on)."""
     train = config.get("train")
-    return bool(train.get("test_flip", False)) if isinstance(train, dict) else False
+    value = train.get("test_flip", False) if isinstance(train, dict) else False
+    if type(value) is not bool:
+        raise CheckpointError(
+            f"{where}: train.test_flip {value!r} is not true or false (a damaged or edited "
+            "run config)"
+        )
+    return value
 
 
 def _training_size(config: Mapping[str, Any], where: Path) -> int:

@@ -555,7 +555,13 @@ def test_flip_averages_the_mirrored_map(tmp_path: Path) -> None:
 
 
 def test_the_run_decides_the_flip_unless_given(tmp_path: Path) -> None:
-    from resynth_models.checkpoint import CONFIG_FILE, load_detector, read_run_config, write_json
+    from resynth_models.checkpoint import (
+        CONFIG_FILE,
+        CheckpointError,
+        load_detector,
+        read_run_config,
+        write_json,
+    )
     from resynth_models.train_config import TRAIN_PRESETS, TrainConfig
 
     run = make_run(tmp_path / "run")
@@ -564,6 +570,9 @@ def test_the_run_decides_the_flip_unless_given(tmp_path: Path) -> None:
     write_json(run / CONFIG_FILE, {**config, "train": {"test_flip": True}})
     assert load_detector(run).flip
     assert not load_detector(run, flip=False).flip
+    write_json(run / CONFIG_FILE, {**config, "train": {"test_flip": "false"}})
+    with pytest.raises(CheckpointError, match="test_flip 'false' is not true or false"):
+        load_detector(run)
     # the paper's configuration has none; our presets have them
     assert not TrainConfig().test_flip
     assert TRAIN_PRESETS["default"]["test_flip"] and TRAIN_PRESETS["small"]["test_flip"]
