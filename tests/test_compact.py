@@ -16,7 +16,7 @@ from anomalygen import open_store
 from anomalygen.errors import ConfigError, StoreError
 from anomalygen.render import render
 from anomalygen.repair import repair_store
-from anomalygen.store import shard_key, store_info
+from anomalygen.store import compact, patches, shard_key, store_info
 from anomalygen.store.patches import compose, encode, offsets, used_boxes
 from anomalygen.verify import verify_store
 from tests.files import file_digests
@@ -80,6 +80,62 @@ def test_every_sample_composes_to_the_full_render(pair: tuple[Path, Path]) -> No
         np.testing.assert_array_equal(a, b)
     for a, b in zip(full[100:140], compact[100:140], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def small_chunks(photographs: Path, tmp_path_factory) -> Path:
+    """256 of ``pair``'s samples, compact, in inner chunks of 1 KiB: a shard's patches span
+    about 30 of them, as they span 14 at 768 px."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patches, "MIN_CHUNK", 1024)  # read when the store is created
+        return _render(tmp_path_factory.mktemp("chunks") / "c.zarr", photographs, "compact", 256)
+
+
+def _patch_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of bytes of each read of a ``patches`` array from now on."""
+    reads: list[int] = []
+    get = zarr.Array.__getitem__
+
+    def counted(self: zarr.Array, sel):
+        out = get(self, sel)
+        if self.basename == "patches":
+            reads.append(int(np.asarray(out).size))
+        return out
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", counted)
+    return reads
+
+
+@pytest.mark.parametrize("ahead", [compact.READ_AHEAD_BYTES, 3000])
+def test_sequential_reads_read_ahead_and_compose_the_same(
+    pair: tuple[Path, Path], small_chunks: Path, monkeypatch, ahead: int
+) -> None:
+    monkeypatch.setattr(compact, "READ_AHEAD_BYTES", ahead)
+    full, store = open_store(pair[0]), open_store(small_chunks)
+    reads = _patch_reads(monkeypatch)
+    for i in range(256):
+        for a, b in zip(full[i], store[i], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=str(i))
+    chunks = -(-np.asarray(store.checked().whole("patch_bytes")).reshape(4, 64).sum(1) // 1024)
+    if ahead == compact.READ_AHEAD_BYTES:  # the first chunk, then the rest of each shard
+        assert len(reads) <= 1 + 4, reads
+    else:  # never more than the read-ahead (plus the chunks a sample straddles)
+        assert len(reads) > 4 and max(reads) <= ahead + 2 * 1024, reads
+    assert sum(reads) >= int(chunks.sum()) * 1024 - 1024  # every chunk read once, about
+
+
+def test_a_random_read_reads_only_its_samples_chunks(
+    pair: tuple[Path, Path], small_chunks: Path, monkeypatch
+) -> None:
+    full, store = open_store(pair[0]), open_store(small_chunks)
+    lengths = np.asarray(store.checked().whole("patch_bytes"))
+    reads = _patch_reads(monkeypatch)
+    for i in [200, 7, 130, 9, 3, 64, 66]:  # never the sample after the one read last
+        before = len(reads)
+        np.testing.assert_array_equal(full[i][0], store[i][0])
+        spans = -(-int(lengths[i]) // 1024) + 1  # the chunks its bytes may straddle
+        assert all(n <= spans * 1024 for n in reads[before:]), (i, reads[before:])
+    assert len(reads) >= 4  # (a sample without lesions reads no patches)
 
 
 def test_the_arrays_besides_the_images_are_the_full_layouts(pair: tuple[Path, Path]) -> None:

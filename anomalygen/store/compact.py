@@ -3,7 +3,9 @@
 A sample of a compact store is read as its shard's ``boxes``, ``patch_bytes`` and ``target``
 (read once per shard and kept, for the last :data:`SHARDS_KEPT` shards a process read), the
 byte range of its patches in its shard's ``patches`` row (a read of the chunks it spans, 128 KiB
-each, and the row's shard index), and its target photograph, from a cache bounded in bytes:
+each, and the row's shard index; a read that follows the previous sample reads on to the end
+of the shard's patches, up to :data:`READ_AHEAD_BYTES`), and its target photograph, from a
+cache bounded in bytes:
 consecutive samples share few photographs (``draw_pair`` draws 64 consecutive samples' targets
 from 16), so sequential reads mostly hit it. :mod:`anomalygen.store.patches` composes them.
 The callers (``SampleStore``, verify) check the composed image and mask against the digests
@@ -23,7 +25,13 @@ from anomalygen.store.checked import CheckedArrays, read_error
 from anomalygen.store.format import BOXES, PATCH_BYTES, PATCHES, TARGET
 from anomalygen.store.patches import compose, offsets, used_boxes
 
-__all__ = ["DEFAULT_CACHE_BYTES", "SHARDS_KEPT", "CompactSamples", "NormalCache"]
+__all__ = [
+    "DEFAULT_CACHE_BYTES",
+    "READ_AHEAD_BYTES",
+    "SHARDS_KEPT",
+    "CompactSamples",
+    "NormalCache",
+]
 
 #: Memory for a reader's target photographs: about 70 at 768 px (1.8 MB each), four blocks of
 #: ``draw_pair``'s 16, per process (each DataLoader worker has its own).
@@ -31,6 +39,10 @@ DEFAULT_CACHE_BYTES = 128 << 20
 #: Shards whose boxes, targets and offsets a reader keeps: about 13 KB each (64 samples, 12
 #: boxes), so a reader's memory stays flat in N (65,536 samples' worth at 64 a shard).
 SHARDS_KEPT = 1024
+#: Most bytes of patches a sequential read reads ahead (a shard's are about 1.8 MB at 768 px,
+#: 14 inner chunks: one zarr read instead of 14, each about 2 ms on the development machine
+#: whatever its size). Random reads read only the chunks of the sample asked for.
+READ_AHEAD_BYTES = 4 << 20
 
 
 class NormalCache:
@@ -67,6 +79,7 @@ class CompactSamples:
         self.normal = normal
         self._shards: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._block: tuple[int, int, int, np.ndarray] | None = None  # (shard, start, stop, bytes)
+        self._last = -2  # the sample read last: reading the next one reads ahead
 
     def _shard(self, s: int, r: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(targets, boxes, offsets)`` of shard ``s`` (samples ``r``), read once and kept."""
@@ -100,15 +113,17 @@ class CompactSamples:
             detail = f"does not hold the patches its boxes say ({err}; {state})"
             raise self.checked.damaged(PATCHES, i, detail) from None
 
-    def _patches(self, i: int, s: int, lo: int, hi: int) -> np.ndarray:
-        """Bytes ``lo:hi`` of shard ``s``'s patches (sample ``i``'s), read as the whole inner
-        chunks they lie in, which reading ``lo:hi`` decodes anyway. The last chunks read are
-        kept: consecutive samples of a shard (about 17 a chunk at 768 px) read them once."""
+    def _patches(self, i: int, s: int, lo: int, hi: int, end: int) -> np.ndarray:
+        """Bytes ``lo:hi`` of shard ``s``'s patches (sample ``i``'s; the shard's end at
+        ``end``), read as the whole inner chunks they lie in, which reading ``lo:hi`` decodes
+        anyway. The last chunks read are kept, and a read of the sample after the last one read
+        reads on towards ``end``: sequential reads take a few zarr reads per shard."""
         kept = self._block
         if kept is not None and kept[0] == s and kept[1] <= lo and hi <= kept[2]:
             return kept[3][lo - kept[1] : hi - kept[1]]
         chunk = int(self.arrays[PATCHES].chunks[1])
-        start, stop = lo // chunk * chunk, -(-hi // chunk) * chunk  # within the written row
+        upto = max(hi, min(end, lo + READ_AHEAD_BYTES)) if i == self._last + 1 else hi
+        start, stop = lo // chunk * chunk, -(-upto // chunk) * chunk  # within the written row
         data = np.asarray(self._read(PATCHES, i, (s, slice(start, stop))))
         self._block = (s, start, stop, data)
         return data[lo - start : hi - start]
@@ -118,9 +133,9 @@ class CompactSamples:
         s, j = i // self.shard_size, i - r.start
         kept = self._shard(s, r)
         lo, hi = int(kept[2][j]), int(kept[2][j + 1])
-        row = self._patches(i, s, lo, hi) if hi > lo else np.zeros(0, np.uint8)
-        image, mask = self._compose(i, j, kept, row)
-        return image, mask
+        row = self._patches(i, s, lo, hi, int(kept[2][-1])) if hi > lo else np.zeros(0, np.uint8)
+        self._last = i
+        return self._compose(i, j, kept, row)
 
     def shard(self, r: range) -> tuple[np.ndarray, np.ndarray]:
         """All samples of the shard of samples ``r``, stacked (one read of its patches)."""
