@@ -23,8 +23,11 @@ ratio Dask / pool of render-phase samples/s has a target of >= 0.90 (within 10%)
 every sample composed from the compact store must equal the full store's byte for byte, and
 sequential (a shard at a time) and random single-sample reads are timed for each, the compact
 one also with a cache of one target photograph (every read misses, as with thousands of
-sources). Then the compact render's peak RSS at the two ``--rss-n``. Targets: compact bytes per
-sample <= 1/20 of full, render samples/s >= 4x, RSS flat in N.
+sources), and one by one in store order, as a DataLoader reads them. It also times the
+generator alone making the same samples from the same pools (the render without its writes):
+no layout renders faster than that, so it bounds compact / full. Then the compact render's peak
+RSS at the two ``--rss-n``. Targets: compact bytes per sample <= 1/20 of full, render samples/s
+>= 4x, RSS flat in N.
 
 Each case runs in a fresh Python process. Stores are written under --tmp (default /tmp) and
 deleted afterwards; N=4096 at 768 px needs about 4 GB of disk.
@@ -137,6 +140,29 @@ def _case_floor(args: dict) -> dict:
     }
 
 
+def _case_generate(args: dict) -> dict:
+    """The render's phase 2 without its writes: the generator making every sample of the
+    rendered store ``store`` again, shard by shard, from the same pools, as a one-worker render
+    does (one OpenCV thread, its cache of pool images). No layout can render faster than this:
+    it bounds compact / full at full render time / this time."""
+    from anomalygen import open_store
+    from anomalygen.render.cache import PoolCache
+    from anomalygen.render.tasks import SampleSpec, ShardRenderer
+    from anomalygen.render.threads import limit_opencv_threads, limit_zarr_threads
+
+    limit_opencv_threads(1)
+    limit_zarr_threads(1)
+    store = open_store(args["store"])
+    renderer = ShardRenderer(store.loc, SampleSpec.of(store.spec))
+    cache = PoolCache(args.get("cache_mb", 256) << 20)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for s in range(store.n_shards):
+        renderer.render(store.shard_range(s), cache)
+    seconds = time.perf_counter() - t0
+    return {"n": len(store), "samples_per_s": len(store) / seconds,
+            "samples_per_cpu_s": len(store) / (time.process_time() - c0)}  # fmt: skip
+
+
 def _case_compare(args: dict) -> dict:
     """Every sample of the compact store equals the full store's; read timings of both."""
     import numpy as np
@@ -151,6 +177,11 @@ def _case_compare(args: dict) -> dict:
         t0 = time.perf_counter()
         shards = [store.read_shard(s) for s in range(store.n_shards)]
         out[f"{label}_sequential_ms"] = (time.perf_counter() - t0) / len(store) * 1e3
+        reader = open_store(store.url)  # one sample at a time, in order (a DataLoader's)
+        t0 = time.perf_counter()
+        for i in range(len(reader)):
+            reader[i]
+        out[f"{label}_one_by_one_ms"] = (time.perf_counter() - t0) / len(reader) * 1e3
         if label == "compact":
             for s, (images, masks) in enumerate(shards):
                 ref = full.read_shard(s)
@@ -197,12 +228,20 @@ def _layouts(opts: argparse.Namespace, work: Path, shard: int) -> None:
         f"  compact / full: render samples/s {compact / full:.2f} (CPU {cpu[1] / cpu[0]:.2f};"
         f" target >= 4), bytes per sample 1/{size[0] / size[1]:.0f} (target <= 1/20)"
     )
+    g = _run_case("generate", {"store": str(work / "full.zarr"), "cache_mb": opts.cache_mb})
+    print(
+        f"  the generator alone (no writes): {g['samples_per_s']:.1f} samples/s, so no layout"
+        f" renders more than {g['samples_per_s'] / full:.2f}x full (compact reaches"
+        f" {compact / full:.2f}x: {compact / g['samples_per_s']:.0%} of the generator's rate)"
+    )
     c = _run_case(
         "compare", {"full": str(work / "full.zarr"), "compact": str(work / "compact.zarr")}
     )
     print(
         f"  composed == full for all {opts.n} samples: {c['identical']}; ms/sample read "
-        f"sequential full {c['full_sequential_ms']:.2f}, compact {c['compact_sequential_ms']:.2f};"
+        f"by shard full {c['full_sequential_ms']:.2f}, compact {c['compact_sequential_ms']:.2f};"
+        f" one by one in order full {c['full_one_by_one_ms']:.2f},"
+        f" compact {c['compact_one_by_one_ms']:.2f};"
         f" random full {c['full_random_ms']:.2f}, compact {c['compact_random_ms']:.2f}"
         f" (every target read missing its cache: {c['compact_miss_random_ms']:.2f})"
     )
@@ -327,7 +366,10 @@ def _dask_rows(opts: argparse.Namespace, work: Path, shard: int, raw: int) -> No
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--case":
         kind, args = sys.argv[2], json.loads(sys.argv[3])
-        cases = {"render": _case_render, "floor": _case_floor, "compare": _case_compare}
+        cases = {
+            "render": _case_render, "floor": _case_floor, "compare": _case_compare,
+            "generate": _case_generate,
+        }  # fmt: skip
         print(json.dumps(cases[kind](args)))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -16,7 +16,9 @@
 compact store layout and reads each through the stage-2 dataset (with its augmentation) with
 one worker process, in sequential shard order and shuffled (``StreamBatchSampler``): samples/s
 per worker and the worker's peak RSS; the compact store again at 4 x ``--n`` for the RSS.
-Target: compact >= 3x full in both orders, worker RSS flat in N.
+Target: compact >= 3x full in both orders, worker RSS flat in N. Then the same items read from
+memory instead of a store (:class:`InMemory`): the rate no layout can beat, since augmentation,
+collation and the transfer to the training process remain.
 
 Target (issue 4): the loader delivers at least 5x the samples/s a training step consumes here;
 its per-worker rate says how many workers a GPU's step rate needs. The last lines print both.
@@ -105,8 +107,27 @@ def _worker_rss() -> int:
     return max(rss, default=0)
 
 
+class InMemory:
+    """A store's samples held in memory (``store[i] -> (image, mask)``, ``len``, ``size``):
+    the stage-2 dataset over it does all that a loader does but read the store."""
+
+    def __init__(self, url: str) -> None:
+        import anomalygen
+
+        store = anomalygen.open_store(url)
+        self.size = store.size
+        self.images, self.masks = store[0 : len(store)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        return self.images[i], self.masks[i]
+
+
 def _loader(url: str, stage: int, workers: int, batch: int, order: str) -> tuple[float, int]:
-    """``(samples/s, peak RSS of a worker)`` (see :func:`bench_loader`)."""
+    """``(samples/s, peak RSS of a worker)`` (see :func:`bench_loader`); ``url`` "memory:URL"
+    reads that store's samples from memory (:class:`InMemory`)."""
     import anomalygen
     from resynth_models.data import (
         GeometryConfig,
@@ -117,7 +138,10 @@ def _loader(url: str, stage: int, workers: int, batch: int, order: str) -> tuple
         worker_init,
     )
 
-    store = anomalygen.open_store(url)
+    if url.startswith("memory:"):
+        store: Any = InMemory(url.removeprefix("memory:"))
+    else:
+        store = anomalygen.open_store(url)
     if stage == 1:
         ds = NormalsDataset(store, None, GeometryConfig(), seed=0)
     else:
@@ -161,6 +185,13 @@ def bench_layouts(n: int) -> None:
         for order in ("sequential", "shuffled"):
             ratio = rates[("compact", order)] / rates[("full", order)]
             print(f"# compact / full, {order}: {ratio:.2f} (target >= 3)")
+        # What no layout can beat: the same items with no store read at all (augmentation,
+        # collation into shared memory and the transfer to this process remain).
+        floor, _ = _loader(f"memory:{urls['full']}", 2, 1, 8, "shuffled")
+        best = [floor / rates[("full", order)] for order in ("sequential", "shuffled")]
+        print(f"# the same items from memory (no read): {floor:.1f} samples/s, so no layout's "
+              f"loader exceeds {best[0]:.2f}x full (sequential), {best[1]:.2f}x (shuffled) "
+              "here")  # fmt: skip
         big = make_store(tmp, 4 * n, 768, "compact")
         rate, rss = _loader(big, 2, 1, 8, "shuffled")
         print(f"# compact N={4 * n}, shuffled: {rate:.1f} samples/s, worker peak RSS "
