@@ -16,7 +16,8 @@ from anomalygen import open_store
 from anomalygen.errors import ConfigError, StoreError
 from anomalygen.render import render
 from anomalygen.repair import repair_store
-from anomalygen.store import compact, patches, shard_key, store_info
+from anomalygen.store import compact as compact_reads
+from anomalygen.store import patches, shard_key, store_info
 from anomalygen.store.patches import compose, encode, offsets, used_boxes
 from anomalygen.verify import verify_store
 from tests.files import file_digests
@@ -106,18 +107,18 @@ def _patch_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return reads
 
 
-@pytest.mark.parametrize("ahead", [compact.READ_AHEAD_BYTES, 3000])
+@pytest.mark.parametrize("ahead", [compact_reads.READ_AHEAD_BYTES, 3000])
 def test_sequential_reads_read_ahead_and_compose_the_same(
     pair: tuple[Path, Path], small_chunks: Path, monkeypatch, ahead: int
 ) -> None:
-    monkeypatch.setattr(compact, "READ_AHEAD_BYTES", ahead)
+    monkeypatch.setattr(compact_reads, "READ_AHEAD_BYTES", ahead)
     full, store = open_store(pair[0]), open_store(small_chunks)
     reads = _patch_reads(monkeypatch)
     for i in range(256):
         for a, b in zip(full[i], store[i], strict=True):
             np.testing.assert_array_equal(a, b, err_msg=str(i))
     chunks = -(-np.asarray(store.checked().whole("patch_bytes")).reshape(4, 64).sum(1) // 1024)
-    if ahead == compact.READ_AHEAD_BYTES:  # the first chunk, then the rest of each shard
+    if ahead == compact_reads.READ_AHEAD_BYTES:  # the first chunk, then the rest of each shard
         assert len(reads) <= 1 + 4, reads
     else:  # never more than the read-ahead (plus the chunks a sample straddles)
         assert len(reads) > 4 and max(reads) <= ahead + 2 * 1024, reads
